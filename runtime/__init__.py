@@ -1,0 +1,4 @@
+"""autofocus-trt runtime: the AutoFocus cascade and its post-processing ops (runtime.ops)."""
+from . import ops
+
+__all__ = ["ops"]
