@@ -5,7 +5,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <array>
+#include <vector>
+
 #include "common.h"
+#include "ops/connected_components.h"
+#include "ops/crop_resize.h"
+#include "ops/dilate.h"
+#include "ops/focus_chips.h"
 
 namespace py = pybind11;
 
@@ -20,6 +28,144 @@ PYBIND11_MODULE(_C, m) {
   });
 
   // ---- map ops: dilate, connected_components, focus_chips, crop_resize ----
+  {
+    using u8_array = py::array_t<uint8_t, py::array::c_style>;
+    using f32_array = py::array_t<float, py::array::c_style>;
+    using i32_array = py::array_t<int32_t, py::array::c_style>;
+    // (p / 255 - mean) / std = p * gain + bias, in double then rounded once.
+    auto make_norm = [](const std::array<double, 3>& mean, const std::array<double, 3>& stdev, bool bgr_to_rgb) {
+      autofocus::detail::CropNorm norm{};
+      for (int c = 0; c < 3; ++c) {
+        autofocus::check_arg(stdev[c] > 0, "std: expected positive values");
+        norm.gain[c] = static_cast<float>(1.0 / (255.0 * stdev[c]));
+        norm.bias[c] = static_cast<float>(-mean[c] / stdev[c]);
+        norm.source_channel[c] = bgr_to_rgb ? 2 - c : c;
+      }
+      return norm;
+    };
+
+    m.def("dilate_cpu", [](u8_array mask, int d) {
+      autofocus::check_arg(mask.ndim() == 2, "mask: expected 2 dimensions");
+      const int height = static_cast<int>(mask.shape(0)), width = static_cast<int>(mask.shape(1));
+      u8_array out({height, width});
+      const uint8_t* in = mask.data();
+      uint8_t* dst = out.mutable_data();
+      py::gil_scoped_release release;
+      autofocus::dilate_cpu(in, height, width, d, dst);
+      return out;
+    }, py::arg("mask"), py::arg("d"));
+
+    m.def("connected_components_cpu", [](u8_array mask) {
+      autofocus::check_arg(mask.ndim() == 2, "mask: expected 2 dimensions");
+      const int height = static_cast<int>(mask.shape(0)), width = static_cast<int>(mask.shape(1));
+      i32_array labels({height, width});
+      std::vector<int32_t> boxes(4 * autofocus::detail::max_components(height, width));
+      int32_t count;
+      {
+        py::gil_scoped_release release;
+        count = autofocus::connected_components_cpu(mask.data(), height, width, labels.mutable_data(), boxes.data());
+      }
+      i32_array out_boxes({static_cast<py::ssize_t>(count), py::ssize_t{4}});
+      std::copy(boxes.begin(), boxes.begin() + 4 * count, out_boxes.mutable_data());
+      return py::make_tuple(labels, out_boxes);
+    }, py::arg("mask"));
+
+    // Returns (chips (M, 4) int32, batch_index (M,) int32, index of the first map holding NaN/inf or -1).
+    m.def("focus_chips_batched_cpu", [](f32_array probs, i32_array valid_hw, float threshold, int dilation,
+                                        int min_size) {
+      autofocus::check_arg(probs.ndim() == 3, "probs: expected 3 dimensions");
+      autofocus::check_arg(valid_hw.ndim() == 2 && valid_hw.shape(0) == probs.shape(0) && valid_hw.shape(1) == 2,
+                           "valid_hw: expected shape (batch, 2)");
+      autofocus::check_arg(dilation >= 1 && dilation % 2 == 1, "dilation: expected an odd size >= 1");
+      autofocus::check_arg(min_size >= 1, "min_size: expected >= 1");
+      const int batch = static_cast<int>(probs.shape(0));
+      const int height = static_cast<int>(probs.shape(1)), width = static_cast<int>(probs.shape(2));
+      const float* maps = probs.data();
+      const int32_t* sizes = valid_hw.data();
+      std::vector<int32_t> chips, batch_index, rects(4 * autofocus::detail::max_components(height, width));
+      int bad_map = -1;
+      {
+        py::gil_scoped_release release;
+        for (int b = 0; b < batch && bad_map < 0; ++b) {
+          const int h = sizes[2 * b], w = sizes[2 * b + 1];
+          autofocus::check_arg(h >= 0 && h <= height && w >= 0 && w <= width,
+                               "valid_hw: each (h, w) must lie within the map's (height, width)");
+          const int32_t count = autofocus::focus_chips_cpu(maps + static_cast<int64_t>(b) * height * width, h, w,
+                                                           width, threshold, dilation, min_size, rects.data());
+          if (count < 0) {
+            bad_map = b;
+            break;
+          }
+          chips.insert(chips.end(), rects.begin(), rects.begin() + 4 * count);
+          batch_index.insert(batch_index.end(), count, b);
+        }
+      }
+      const py::ssize_t count = static_cast<py::ssize_t>(batch_index.size());
+      i32_array out_chips({count, py::ssize_t{4}}), out_index(count);
+      std::copy(chips.begin(), chips.end(), out_chips.mutable_data());
+      std::copy(batch_index.begin(), batch_index.end(), out_index.mutable_data());
+      return py::make_tuple(out_chips, out_index, bad_map);
+    }, py::arg("probs"), py::arg("valid_hw"), py::arg("threshold"), py::arg("dilation"), py::arg("min_size"));
+
+    m.def("crop_resize_cpu", [make_norm](u8_array image, f32_array chips, f32_array scales, i32_array out_sizes,
+                                         int out_height, int out_width, std::array<double, 3> mean,
+                                         std::array<double, 3> stdev, bool bgr_to_rgb) {
+      autofocus::check_arg(image.ndim() == 3 && image.shape(2) == 3, "image: expected shape (H, W, 3)");
+      autofocus::check_arg(chips.ndim() == 2 && chips.shape(1) == 4, "chips: expected shape (M, 4)");
+      const py::ssize_t count = chips.shape(0);
+      autofocus::check_arg(scales.ndim() == 1 && scales.shape(0) == count, "scales: expected shape (M,)");
+      autofocus::check_arg(out_sizes.ndim() == 2 && out_sizes.shape(0) == count && out_sizes.shape(1) == 2,
+                           "out_sizes: expected shape (M, 2)");
+      autofocus::check_arg(out_height >= 0 && out_width >= 0, "out_hw: expected sizes >= 0");
+      const autofocus::detail::CropNorm norm = make_norm(mean, stdev, bgr_to_rgb);
+      f32_array out({count, py::ssize_t{3}, static_cast<py::ssize_t>(out_height), static_cast<py::ssize_t>(out_width)});
+      const uint8_t* pixels = image.data();
+      const float *boxes = chips.data(), *factors = scales.data();
+      const int32_t* sizes = out_sizes.data();
+      float* dst = out.mutable_data();
+      const int height = static_cast<int>(image.shape(0)), width = static_cast<int>(image.shape(1));
+      py::gil_scoped_release release;
+      autofocus::crop_resize_cpu(pixels, height, width, boxes, factors, sizes, static_cast<int>(count), out_height,
+                                 out_width, norm, dst);
+      return out;
+    }, py::arg("image"), py::arg("chips"), py::arg("scales"), py::arg("out_sizes"), py::arg("out_height"),
+       py::arg("out_width"), py::arg("mean"), py::arg("std"), py::arg("bgr_to_rgb"));
+
+#ifdef WITH_CUDA
+    // Device pointers as integers, the stream as an integer (torch.cuda.current_stream().cuda_stream).
+    m.def("dilate_cuda", [](std::uintptr_t mask, int height, int width, int d, std::uintptr_t out,
+                            std::uintptr_t stream) {
+      autofocus::dilate_cuda(reinterpret_cast<const uint8_t*>(mask), height, width, d,
+                             reinterpret_cast<uint8_t*>(out), stream);
+    });
+    m.def("connected_components_cuda", [](std::uintptr_t mask, int height, int width, std::uintptr_t labels,
+                                          std::uintptr_t boxes, std::uintptr_t count, std::uintptr_t stream) {
+      autofocus::connected_components_cuda(reinterpret_cast<const uint8_t*>(mask), height, width,
+                                           reinterpret_cast<int32_t*>(labels), reinterpret_cast<int32_t*>(boxes),
+                                           reinterpret_cast<int32_t*>(count), stream);
+    });
+    m.def("focus_chips_batched_cuda", [](std::uintptr_t probs, std::uintptr_t valid_hw, int batch, int height,
+                                         int width, float threshold, int dilation, int min_size,
+                                         std::uintptr_t chips, std::uintptr_t batch_index, std::uintptr_t status,
+                                         std::uintptr_t stream) {
+      autofocus::focus_chips_batched_cuda(reinterpret_cast<const float*>(probs),
+                                          reinterpret_cast<const int32_t*>(valid_hw), batch, height, width,
+                                          threshold, dilation, min_size, reinterpret_cast<int32_t*>(chips),
+                                          reinterpret_cast<int32_t*>(batch_index),
+                                          reinterpret_cast<int32_t*>(status), stream);
+    });
+    m.def("crop_resize_cuda", [make_norm](std::uintptr_t image, int height, int width, std::uintptr_t chips,
+                                          std::uintptr_t scales, std::uintptr_t out_sizes, int count,
+                                          int out_height, int out_width, std::array<double, 3> mean,
+                                          std::array<double, 3> stdev, bool bgr_to_rgb, bool half,
+                                          std::uintptr_t out, std::uintptr_t stream) {
+      autofocus::crop_resize_cuda(reinterpret_cast<const uint8_t*>(image), height, width,
+                                  reinterpret_cast<const float*>(chips), reinterpret_cast<const float*>(scales),
+                                  reinterpret_cast<const int32_t*>(out_sizes), count, out_height, out_width,
+                                  make_norm(mean, stdev, bgr_to_rgb), half, reinterpret_cast<void*>(out), stream);
+    });
+#endif
+  }
 
   // ---- box ops: decode, nms, soft_nms, stack_prune, top_k ----
 }

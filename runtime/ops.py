@@ -88,3 +88,310 @@ def _check_finite(x, name: str):
     finite = bool(x.isfinite().all()) if _is_tensor(x) else bool(np.isfinite(x).all())
     if not finite:
         raise ValueError(f"{name}: contains NaN or inf")
+
+
+# ---------------------------------------------------------------------------------------------
+# Map ops: dilate, connected_components, focus_chips (Algorithm 1 of DESIGN.md), chips_to_image,
+# crop_resize.
+
+_MAX_CELLS = 2**31 - 1  # the kernels index map cells with int32
+
+
+def _cuda_ext():
+    ext = _ext()
+    if not ext.with_cuda():
+        raise RuntimeError("runtime._C was built without CUDA: CUDA tensors need the CUDA kernels (rebuild with nvcc)")
+    return ext
+
+
+def _int_at_least(value, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {value}")
+    return int(value)
+
+
+def _odd_size(value, name: str) -> int:
+    value = _int_at_least(value, name, 1)
+    if value % 2 == 0:
+        raise ValueError(f"{name}: expected an odd size >= 1 (a centred square), got {value}")
+    return value
+
+
+def _finite_number(value, name: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{name}: expected a finite{' positive' if positive else ''} number, got {value}")
+    return value
+
+
+def _check_cells(shape, name: str):
+    if int(np.prod(shape[-2:])) > _MAX_CELLS:
+        raise ValueError(f"{name}: a map of {shape[-2]} x {shape[-1]} cells exceeds the int32 index range")
+
+
+def _host_array(x, name: str) -> np.ndarray:
+    """A small parameter (list, tuple, NumPy array or tensor, any device) as a NumPy float64/int array."""
+    if _is_tensor(x):
+        x = x.detach().cpu().numpy()
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected numbers, got {type(x).__name__}") from None
+
+
+def dilate(mask, d: int):
+    """Binary dilation of an (H, W) uint8 mask (any nonzero is on) with a d x d square, d odd >= 1.
+
+    Pixels outside the map are background (cv2.dilate with BORDER_CONSTANT 0). Returns (H, W) uint8 0/1.
+    """
+    d = _odd_size(d, "d")
+    m = _array(mask, "mask", (np.uint8,), ndim=2)
+    _check_cells(m.shape, "mask")
+    height, width = m.shape
+    if _is_cuda(m):
+        import torch
+        out = torch.empty_like(m)
+        if m.numel():
+            _cuda_ext().dilate_cuda(m.data_ptr(), height, width, d, out.data_ptr(), _cuda_stream(m))
+        return out
+    return _same_kind(_ext().dilate_cpu(m, d), mask)
+
+
+def _max_components(height: int, width: int) -> int:
+    return ((height + 1) // 2) * ((width + 1) // 2)
+
+
+def connected_components(mask):
+    """8-connected components of an (H, W) uint8 mask (any nonzero is foreground).
+
+    Returns labels (H, W) int32 (0 background, components 1..C numbered in raster order of each
+    component's first pixel, as cv2.connectedComponents with ccltype=cv2.CCL_WU numbers them) and
+    boxes (C, 4) int32 [x1, y1, x2, y2) in cells. On CUDA the count is the one value read by the host.
+    """
+    m = _array(mask, "mask", (np.uint8,), ndim=2)
+    _check_cells(m.shape, "mask")
+    height, width = m.shape
+    if _is_cuda(m):
+        import torch
+        labels = torch.zeros((height, width), dtype=torch.int32, device=m.device)
+        boxes = torch.empty((_max_components(height, width), 4), dtype=torch.int32, device=m.device)
+        if m.numel() == 0:
+            return labels, boxes[:0]
+        count = torch.empty(1, dtype=torch.int32, device=m.device)
+        _cuda_ext().connected_components_cuda(m.data_ptr(), height, width, labels.data_ptr(), boxes.data_ptr(),
+                                              count.data_ptr(), _cuda_stream(m))
+        return labels, boxes[: int(count.item())]
+    labels, boxes = _ext().connected_components_cpu(m)
+    return _same_kind(labels, mask), _same_kind(boxes, mask)
+
+
+def _focus_chips(probs, valid_hw: np.ndarray, threshold, dilation, min_size, name: str, like):
+    """Algorithm 1 over a (B, H, W) float32 batch (checked); returns chips (M, 4), batch_index (M,)."""
+    threshold = _finite_number(threshold, "threshold")
+    dilation = _odd_size(dilation, "dilation")
+    min_size = _int_at_least(min_size, "min_size", 1)
+    batch, height, width = probs.shape
+    if _is_cuda(probs):
+        import torch
+        device = probs.device
+        rows = batch * _max_components(height, width)
+        chips = torch.empty((rows, 4), dtype=torch.int32, device=device)
+        batch_index = torch.empty((rows,), dtype=torch.int32, device=device)
+        if batch == 0 or height * width == 0:
+            return chips[:0], batch_index[:0]
+        valid = torch.as_tensor(valid_hw, dtype=torch.int32).to(device)
+        status = torch.empty(2, dtype=torch.int32, device=device)
+        _cuda_ext().focus_chips_batched_cuda(probs.data_ptr(), valid.data_ptr(), batch, height, width, threshold,
+                                             dilation, min_size, chips.data_ptr(), batch_index.data_ptr(),
+                                             status.data_ptr(), _cuda_stream(probs))
+        count, bad = (int(v) for v in status.cpu())  # the one host sync
+        if bad:
+            raise ValueError(f"{name}: contains NaN or inf")
+        return chips[:count], batch_index[:count]
+    chips, batch_index, bad_map = _ext().focus_chips_batched_cpu(probs, valid_hw, threshold, dilation, min_size)
+    if bad_map >= 0:
+        where = f" (map {bad_map})" if probs is not like and batch > 1 else ""
+        raise ValueError(f"{name}: contains NaN or inf{where}")
+    return _same_kind(chips, like), _same_kind(batch_index, like)
+
+
+def focus_chips(prob, threshold: float, dilation: int, min_size: int):
+    """FocusChips, Algorithm 1 of DESIGN.md, on one (H, W) float32 focus map.
+
+    binary = prob >= threshold (compared in float32); dilate with a dilation x dilation square; one
+    enclosing rectangle per 8-connected component; grow each about its centre to at least
+    min_size x min_size cells (odd extra cell to the right/bottom), shifted inside the map (clipped only
+    when the map is smaller); paint the rectangles and repeat until their number stops changing.
+    Returns (M, 4) int32 [x1, y1, x2, y2) in map cells, sorted by (y1, x1). NaN/inf in prob: ValueError.
+    """
+    p = _array(prob, "prob", (np.float32,), ndim=2)
+    _check_cells(p.shape, "prob")
+    valid = np.array([p.shape], dtype=np.int32)
+    chips, _ = _focus_chips(p[None], valid, threshold, dilation, min_size, "prob", prob)
+    return chips
+
+
+def focus_chips_batched(probs, valid_hw, threshold: float, dilation: int, min_size: int):
+    """focus_chips over a batch: probs (B, H, W) float32, valid_hw (B, 2) ints, each map's valid region
+    (rows/columns beyond it are padding, ignored: map b is probs[b, :h, :w]).
+
+    Returns chips (M, 4) int32 in cells and batch_index (M,) int32, map by map in batch order, each map's
+    chips as focus_chips gives them. On CUDA: one launch over the batch (valid_hw is read on the host).
+    """
+    p = _array(probs, "probs", (np.float32,), ndim=3)
+    _check_cells(p.shape, "probs")
+    valid = _host_array(valid_hw, "valid_hw")
+    if valid.shape != (p.shape[0], 2):
+        raise ValueError(f"valid_hw: expected shape ({p.shape[0]}, 2), got {valid.shape}")
+    if valid.size and (not np.issubdtype(valid.dtype, np.integer)):
+        raise TypeError(f"valid_hw: expected integers, got dtype {valid.dtype}")
+    valid = valid.astype(np.int64).reshape(-1, 2)
+    if ((valid < 0) | (valid > np.array(p.shape[1:]))).any():
+        raise ValueError(f"valid_hw: each (h, w) must lie in [0, {tuple(p.shape[1:])}], got {valid.tolist()}")
+    return _focus_chips(p, valid.astype(np.int32), threshold, dilation, min_size, "probs", probs)
+
+
+def _per_item(value, name: str, count: int, width: int | None, xp, like=None):
+    """A scalar / (width,) parameter or its per-item form (count,) / (count, width), as float64 of xp."""
+    if xp is np:
+        arr = _host_array(value, name)
+    else:
+        import torch
+        arr = value if _is_tensor(value) else torch.as_tensor(_host_array(value, name))
+        arr = arr.to(device=like.device)
+    if not (np.issubdtype(np.dtype(str(arr.dtype).replace("torch.", "")), np.number)):
+        raise TypeError(f"{name}: expected numbers, got dtype {arr.dtype}")
+    single = () if width is None else (width,)
+    per_item = (count,) if width is None else (count, width)
+    if tuple(arr.shape) not in (single, per_item):
+        raise ValueError(f"{name}: expected shape {single or 'a scalar'} or {per_item}, got {tuple(arr.shape)}")
+    return arr.astype(np.float64) if xp is np else arr.to(dtype=xp.float64)
+
+
+def chips_to_image(chips, stride, scale, input_hw, min_size: int, offset=(0, 0)):
+    """Algorithm 1 step 6: chips (M, 4) int [x1, y1, x2, y2) in map cells -> (M, 4) float32 in ORIGINAL
+    image pixels.
+
+    Multiply by stride; clip to the scaled input's real size input_hw = (h, w) (the map may cover padding
+    beyond it); where clipping made a side shorter than min(min_size * stride, input side), extend it
+    back inside the input (away from the clipped border, never beyond [0, w] / [0, h]); divide by scale;
+    add offset = (x0, y0). scale (M,), input_hw (M, 2) and offset (M, 2) may be given per chip.
+    CUDA tensors stay on the GPU.
+    """
+    c = _array(chips, "chips", (np.int32, np.int64), ndim=2, last_dim=4)
+    stride = _finite_number(stride, "stride", positive=True)
+    min_size = _int_at_least(min_size, "min_size", 1)
+    count = c.shape[0]
+    if _is_cuda(c):
+        import torch
+        xp, cells = torch, c.to(torch.float64)
+    else:
+        xp, cells = np, c.astype(np.float64)
+    scale = _per_item(scale, "scale", count, None, xp, c)
+    hw = _per_item(input_hw, "input_hw", count, 2, xp, c)
+    offset = _per_item(offset, "offset", count, 2, xp, c)
+    if not bool((scale > 0).all()) or not bool(xp.isfinite(scale).all()):
+        raise ValueError("scale: expected finite positive values")
+    if not bool((hw > 0).all()) or not bool(xp.isfinite(hw).all()):
+        raise ValueError("input_hw: expected positive sizes (h, w)")
+    if not bool(xp.isfinite(offset).all()):
+        raise ValueError("offset: expected finite values")
+    hw, offset = hw.reshape(-1, 2), offset.reshape(-1, 2)
+    px = cells * stride
+    out = []
+    for lo, hi, size in ((px[:, 0], px[:, 2], hw[:, 1]), (px[:, 1], px[:, 3], hw[:, 0])):
+        target = xp.minimum(size * 0 + min_size * stride, size)
+        lo_c = xp.minimum(xp.maximum(lo, size * 0), size)
+        hi_c = xp.minimum(xp.maximum(hi, size * 0), size)
+        short = (hi_c - lo_c) < target
+        cut_high, cut_low = hi > size, lo < 0
+        # A side cut at the far border grows back towards 0, one cut at 0 grows towards the far border.
+        lo_new = xp.where(short & cut_high, xp.maximum(hi_c - target, size * 0), lo_c)
+        hi_new = xp.where(short & cut_low & ~cut_high, xp.minimum(lo_c + target, size), hi_c)
+        out += [lo_new, hi_new]
+    x1, x2, y1, y2 = out
+    boxes = xp.stack([x1, y1, x2, y2], 1) / scale.reshape(-1, 1) + xp.concatenate([offset, offset], 1)
+    if xp is np:
+        return _same_kind(boxes.astype(np.float32), chips)
+    return boxes.to(torch.float32)
+
+
+def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to_rgb: bool = True):
+    """Cuts chips out of an (H, W, 3) uint8 image into one normalised network batch.
+
+    chips (M, 4) float [x1, y1, x2, y2) in image pixels; scales (M,) or a scalar: chip m is resized to
+    oh = floor((y2 - y1) * s + 0.5), ow = floor((x2 - x1) * s + 0.5) (in float32), which must fit in
+    out_hw = (Hb, Wb), and placed at the top-left of its slot, the rest 0. Sampling is the exact affine
+    map src = x1 + (u + 0.5) / s - 0.5 (so a box b in the chip projects back as b / s + (x1, y1)),
+    bilinear, clamped to the image (replicated edge). Values ((pixel / 255) - mean[c]) / std[c], channels
+    BGR -> RGB when bgr_to_rgb (mean/std in output order). Returns (M, 3, Hb, Wb) float32 or float16 on
+    the image's device. On CUDA the size check reads one flag on the host.
+    """
+    img = _array(image, "image", (np.uint8,), ndim=3, last_dim=3)
+    out_dtype = str(dtype).replace("torch.", "")
+    if out_dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype: expected 'float32' or 'float16', got {dtype!r}")
+    if not isinstance(out_hw, (tuple, list)) or len(out_hw) != 2:
+        raise ValueError(f"out_hw: expected (height, width), got {out_hw!r}")
+    out_h, out_w = (_int_at_least(v, "out_hw", 1) for v in out_hw)
+    mean_, std_ = _host_array(mean, "mean"), _host_array(std, "std")
+    for arr, name in ((mean_, "mean"), (std_, "std")):
+        if arr.shape != (3,) or not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+            raise ValueError(f"{name}: expected 3 finite numbers (output channel order), got {arr.tolist()}")
+    if (std_ <= 0).any():
+        raise ValueError(f"std: expected positive values, got {std_.tolist()}")
+    on_cuda = _is_cuda(img)
+    if on_cuda:
+        import torch
+        to_device = lambda x: (x if _is_tensor(x) else torch.as_tensor(np.asarray(x))).to(img.device)  # noqa: E731
+        ch = _array(to_device(chips), "chips", (np.float32, np.float64), ndim=2, last_dim=4).float()
+        sc = to_device(scales)
+    else:
+        ch = _array(chips, "chips", (np.float32, np.float64), ndim=2, last_dim=4).astype(np.float32)
+        sc = _host_array(scales, "scales")
+    count = ch.shape[0]
+    if sc.ndim == 0:
+        sc = sc.expand(count) if on_cuda else np.full(count, sc)
+    if tuple(sc.shape) != (count,):
+        raise ValueError(f"scales: expected a scalar or shape ({count},) to match chips, got {tuple(sc.shape)}")
+    if count and img.shape[0] * img.shape[1] == 0:
+        raise ValueError(f"image: expected a non-empty image to crop chips from, got shape {tuple(img.shape)}")
+
+    # Output sizes in float32, the same arithmetic on either device.
+    if on_cuda:
+        sc = sc.to(torch.float32).contiguous()
+        extent = lambda lo, hi: torch.floor((hi - lo) * sc + 0.5).to(torch.int32)  # noqa: E731
+        finite = torch.isfinite(ch).all(1) & torch.isfinite(sc)
+    else:
+        sc = sc.astype(np.float32)
+        extent = lambda lo, hi: np.floor((hi - lo) * sc + np.float32(0.5)).astype(np.int32)  # noqa: E731
+        finite = np.isfinite(ch).all(1) & np.isfinite(sc)
+    with np.errstate(invalid="ignore"):  # NaN/inf chips: refused just below
+        oh, ow = extent(ch[:, 1], ch[:, 3]), extent(ch[:, 0], ch[:, 2])
+    bad = ~finite | (sc <= 0) | (ch[:, 2] <= ch[:, 0]) | (ch[:, 3] <= ch[:, 1]) | (oh < 1) | (ow < 1) \
+        | (oh > out_h) | (ow > out_w)
+    if count and bool(bad.any()):
+        i = int(np.flatnonzero(bad.cpu().numpy() if on_cuda else bad)[0])
+        box, s = [float(v) for v in ch[i]], float(sc[i])
+        if not (np.isfinite(box).all() and np.isfinite(s) and s > 0):
+            raise ValueError(f"chips/scales: chip {i} {box} with scale {s}: expected finite boxes and positive scales")
+        raise ValueError(f"chips: chip {i} {box} at scale {s} resizes to ({int(oh[i])}, {int(ow[i])}) pixels: "
+                         f"expected x2 > x1, y2 > y1 and a size of 1..{(out_h, out_w)} (out_hw)")
+    sizes = (torch.stack([oh, ow], 1) if on_cuda else np.stack([oh, ow], 1)).reshape(-1, 2)
+    mean_, std_ = [float(v) for v in mean_], [float(v) for v in std_]
+    if on_cuda:
+        out = torch.empty((count, 3, out_h, out_w), dtype=getattr(torch, out_dtype), device=img.device)
+        sizes = sizes.contiguous()
+        _cuda_ext().crop_resize_cuda(img.data_ptr(), img.shape[0], img.shape[1], ch.data_ptr(), sc.data_ptr(),
+                                     sizes.data_ptr(), count, out_h, out_w, mean_, std_, bool(bgr_to_rgb),
+                                     out_dtype == "float16", out.data_ptr(), _cuda_stream(img))
+        return out
+    out = _ext().crop_resize_cpu(img, np.ascontiguousarray(ch), np.ascontiguousarray(sc),
+                                 np.ascontiguousarray(sizes), out_h, out_w, mean_, std_, bool(bgr_to_rgb))
+    if out_dtype == "float16":
+        out = out.astype(np.float16)
+    return _same_kind(out, image)
