@@ -369,3 +369,142 @@ class TestSoftNMS:
             ops.soft_nms(b, np.array([0.5, np.inf], np.float32))
         with pytest.raises(ValueError, match="labels"):
             ops.soft_nms(b, s, labels=np.zeros((2, 1), np.int32))
+
+
+# ---- stack_prune ---------------------------------------------------------------------------------
+
+class TestStackPrune:
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_random(self, device):
+        rng = np.random.default_rng(7)
+        kept = 0
+        for case in range(RANDOM_CASES):
+            n = int(rng.integers(0, 30))
+            height, width = int(rng.integers(50, 300)), int(rng.integers(50, 300))
+            # integer-ish coordinates so that many sides fall exactly on chip and image sides
+            chips = rng.integers(-20, 320, (n if case % 2 else 1, 2)).astype(np.float32)
+            chips = np.concatenate([chips, chips + rng.integers(1, 200, chips.shape)], 1).astype(np.float32)
+            xy = rng.integers(-30, 330, (n, 2)).astype(np.float32)
+            boxes = np.concatenate([xy, xy + rng.integers(0, 120, (n, 2))], 1).astype(np.float32)
+            if case % 3 == 0:
+                boxes += rng.choice([0, 0.5, -1e-3], boxes.shape).astype(np.float32)
+                boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2])
+            chip = chips[0] if case % 2 == 0 else chips
+            valid = None if case % 4 == 0 else (float(rng.choice([0, 10, 30])), float(rng.choice([40, 80, np.inf])))
+            keep = get(ops.stack_prune(put(boxes, device), put(chip, device), (height, width), valid), device)
+            assert keep.dtype == np.bool_ and keep.shape == (n,)
+            np.testing.assert_array_equal(keep, stack_prune_reference(boxes, chip, (height, width), valid))
+            kept += int(keep.sum())
+        assert kept > 200
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_each_side_on_inside_outside(self, device):
+        # chip [100, 100, 200, 200] inside a 400 x 300 (height x width) image; a 20 x 20 box moved so that
+        # one side lies exactly on, just inside (+/- 1e-3) or just across the matching chip side.
+        chip = np.array([100, 100, 200, 200], np.float32)
+        base = np.array([140, 140, 160, 160], np.float32)
+        eps = np.float32(1e-3)
+        boxes, expected = [], []
+        for side in range(4):
+            edge = chip[side]
+            inward = 1 if side < 2 else -1
+            for shift, kept in [(0, False), (inward * eps, True), (-inward * eps, False)]:
+                b = base.copy()
+                b[side] = edge + shift
+                boxes.append(b)
+                expected.append(kept)
+        boxes = np.array(boxes, np.float32)
+        keep = get(ops.stack_prune(put(boxes, device), put(chip, device), (400, 300)), device)
+        np.testing.assert_array_equal(keep, expected)
+        np.testing.assert_array_equal(keep, stack_prune_reference(boxes, chip, (400, 300)))
+        # the same chip sides as image borders: a chip covering the whole image keeps all of them
+        keep = get(ops.stack_prune(put(boxes, device), put(np.array([0, 0, 300, 400], np.float32), device),
+                                   (400, 300)), device)
+        assert keep.all()
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_image_border_sides_and_valid_range(self, device):
+        # chip touching the left and top image border only (image 100 x 100)
+        chip = np.array([0, 0, 50, 50], np.float32)
+        boxes = np.array([
+            [0, 0, 10, 10],      # on the left and top chip sides = image border: kept
+            [-5, -5, 10, 10],    # crosses the border, clipped onto it: kept
+            [40, 40, 50, 49],    # on the right chip side (not image border): dropped
+            [40, 40, 49, 55],    # crosses the bottom chip side: dropped
+            [60, 60, 70, 70],    # outside the chip: dropped
+            [10, 10, 10, 20],    # zero width: dropped
+        ], np.float32)
+        keep = get(ops.stack_prune(put(boxes, device), put(chip, device), (100, 100)), device)
+        np.testing.assert_array_equal(keep, [True, True, False, False, False, False])
+        # valid range on sqrt(area) of the unclipped box, both ends inclusive: sizes 10 and 15
+        keep = get(ops.stack_prune(put(boxes[:2], device), put(chip, device), (100, 100), (10, 15)), device)
+        np.testing.assert_array_equal(keep, [True, True])
+        keep = get(ops.stack_prune(put(boxes[:2], device), put(chip, device), (100, 100), (10.001, np.inf)), device)
+        np.testing.assert_array_equal(keep, [False, True])
+        keep = get(ops.stack_prune(put(boxes[:2], device), put(chip, device), (100, 100), (0, 14.999)), device)
+        np.testing.assert_array_equal(keep, [True, False])
+
+    def test_torch_in_torch_out_and_empty(self):
+        keep = ops.stack_prune(torch.zeros((0, 4)), [0, 0, 10, 10], (10, 10))
+        assert isinstance(keep, torch.Tensor) and keep.dtype == torch.bool and keep.shape == (0,)
+        keep = ops.stack_prune(np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32), (10, 10))
+        assert isinstance(keep, np.ndarray) and keep.dtype == np.bool_ and keep.shape == (0,)
+
+    def test_bad_input(self):
+        b = np.array([[1, 1, 5, 5]], np.float32)
+        c = np.array([0, 0, 10, 10], np.float32)
+        with pytest.raises(ValueError, match="chip"):
+            ops.stack_prune(b, np.zeros((2, 4), np.float32), (10, 10))
+        with pytest.raises(ValueError, match="chip"):
+            ops.stack_prune(b, np.array([10, 0, 0, 10], np.float32), (10, 10))
+        with pytest.raises(ValueError, match="boxes"):
+            ops.stack_prune(np.array([[5, 1, 1, 5]], np.float32), c, (10, 10))
+        with pytest.raises(ValueError, match="image_size"):
+            ops.stack_prune(b, c, (10,))
+        with pytest.raises(ValueError, match="image_size"):
+            ops.stack_prune(b, c, (0, 10))
+        with pytest.raises(ValueError, match="valid_range"):
+            ops.stack_prune(b, c, (10, 10), (5, 1))
+        with pytest.raises(ValueError, match="boxes"):
+            ops.stack_prune(np.array([[np.nan, 1, 5, 5]], np.float32), c, (10, 10))
+
+
+# ---- top_k ---------------------------------------------------------------------------------------
+
+class TestTopK:
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_random(self, device):
+        rng = np.random.default_rng(8)
+        for case in range(RANDOM_CASES):
+            n = int(rng.integers(0, 60))
+            scores = random_scores(rng, n, ties=case % 2 == 0)
+            if case % 7 == 0:
+                scores = -scores  # negative scores, and -0.0 ties with 0.0
+            k = int(rng.integers(0, 80))
+            idx = get(ops.top_k(put(scores, device), k), device)
+            assert idx.dtype == np.int64 and idx.shape == (min(k, n),)
+            np.testing.assert_array_equal(idx, top_k_reference(scores, k))
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_large_with_ties(self, device):
+        rng = np.random.default_rng(9)
+        scores = (rng.integers(0, 50, 100_000) / 50).astype(np.float32)
+        idx = get(ops.top_k(put(scores, device), 200), device)
+        np.testing.assert_array_equal(idx, np.lexsort((np.arange(len(scores)), -scores))[:200])
+
+    @given(st.lists(st.sampled_from([0.0, -0.0, 0.5, 1.0, -1.0, 1e-30]), max_size=40), st.integers(0, 50))
+    @HYP
+    def test_property_ties(self, values, k):
+        scores = np.array(values, np.float32)
+        np.testing.assert_array_equal(ops.top_k(scores, k), top_k_reference(scores, k))
+
+    def test_torch_and_bad_input(self):
+        idx = ops.top_k(torch.tensor([0.1, 0.9, 0.5]), 2)
+        assert isinstance(idx, torch.Tensor) and idx.tolist() == [1, 2]
+        assert ops.top_k(np.zeros(0, np.float32), 5).shape == (0,)
+        with pytest.raises(ValueError, match="k"):
+            ops.top_k(np.zeros(3, np.float32), -1)
+        with pytest.raises(ValueError, match="scores"):
+            ops.top_k(np.array([np.nan], np.float32), 1)
+        with pytest.raises(ValueError, match="scores"):
+            ops.top_k(np.zeros((2, 2), np.float32), 1)

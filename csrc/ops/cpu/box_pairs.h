@@ -28,17 +28,27 @@ void for_each_overlapping_pair(const float* boxes, const int64_t* labels, const 
                                const std::vector<float>& areas, Visit visit) {
   std::vector<int64_t> by_x1(ids);
   std::sort(by_x1.begin(), by_x1.end(), [boxes](int64_t a, int64_t b) { return boxes[4 * a] < boxes[4 * b]; });
+  // Sorted structure-of-arrays copies: the inner loops read memory in order and have no branches.
   const size_t m = by_x1.size();
+  std::vector<float> x1(m), y1(m), x2(m), y2(m);
+  for (size_t a = 0; a < m; ++a) {
+    const float* b = boxes + 4 * by_x1[a];
+    x1[a] = b[0], y1[a] = b[1], x2[a] = b[2], y2[a] = b[3];
+  }
+  std::vector<uint32_t> hits(m);
   for (size_t a = 0; a < m; ++a) {
     const int64_t i = by_x1[a];
-    const float* bi = boxes + 4 * i;
-    for (size_t b = a + 1; b < m; ++b) {
-      const int64_t j = by_x1[b];
-      const float* bj = boxes + 4 * j;
-      if (bj[0] >= bi[2]) break;
+    // Boxes after a in x1 order whose x1 is below box a's x2: the only ones that can overlap it in x.
+    const size_t end = std::lower_bound(x1.begin() + a + 1, x1.end(), x2[a]) - x1.begin();
+    size_t count = 0;
+    for (size_t b = a + 1; b < end; ++b) {  // branch-free compaction of the y-overlapping ones
+      hits[count] = static_cast<uint32_t>(b);
+      count += (y1[b] < y2[a]) & (y1[a] < y2[b]);
+    }
+    for (size_t h = 0; h < count; ++h) {
+      const int64_t j = by_x1[hits[h]];
       if (labels != nullptr && labels[i] != labels[j]) continue;
-      if (bj[1] >= bi[3] || bi[1] >= bj[3]) continue;
-      const float iou = box_iou(bi, areas[i], bj, areas[j]);
+      const float iou = box_iou(boxes + 4 * i, areas[i], boxes + 4 * j, areas[j]);
       if (iou > 0.f) visit(i, j, iou);
     }
   }

@@ -1,9 +1,10 @@
 // soft_nms on the CPU. Exactly the sequential definition (soft_nms.h), made fast by two facts: a box
 // with IoU 0 to the taken box gets weight exactly 1, so only overlapping pairs (found once by an x1
-// sweep) are ever decayed; and scores only fall, so "the remaining box with the highest score" is a
-// max-heap with lazy deletion (an entry is stale once its box was decayed, taken or dropped).
+// sweep) are ever decayed; and "the remaining box with the highest score, lowest index" is found through
+// the maxima of blocks of 64 boxes (in index order), a block's maximum being recomputed only when its
+// holder is taken, dropped or decayed.
 #include <algorithm>
-#include <queue>
+#include <cmath>
 #include <vector>
 
 #include "ops/cpu/box_pairs.h"
@@ -12,15 +13,43 @@
 namespace autofocus {
 namespace detail {
 
-struct HeapEntry {
-  float score;
-  int64_t index;
-};
-// std::priority_queue pops the "largest": make that the first in (score desc, index asc) order.
-struct HeapLess {
-  bool operator()(const HeapEntry& a, const HeapEntry& b) const {
-    return score_before(b.score, b.index, a.score, a.index);
+constexpr int64_t kBlock = 64;
+
+// Current scores with removed boxes at -inf, and each block's maximum.
+class BlockMax {
+ public:
+  explicit BlockMax(std::vector<float> scores) : score_(std::move(scores)) {
+    block_max_.resize((score_.size() + kBlock - 1) / kBlock);
+    for (size_t b = 0; b < block_max_.size(); ++b) refresh(b);
   }
+  float score(int64_t i) const { return score_[i]; }
+  void set(int64_t i, float value) {
+    const float old = score_[i];
+    score_[i] = value;
+    if (old == block_max_[i / kBlock]) refresh(i / kBlock);  // scores only fall
+  }
+  // Highest score, lowest index; -1 when every box is removed.
+  int64_t argmax() const {
+    float best = -INFINITY;
+    size_t best_block = 0;
+    for (size_t b = 0; b < block_max_.size(); ++b)
+      if (block_max_[b] > best) best = block_max_[b], best_block = b;
+    if (best == -INFINITY) return -1;
+    const size_t end = std::min(score_.size(), (best_block + 1) * kBlock);
+    for (size_t i = best_block * kBlock; i < end; ++i)
+      if (score_[i] == best) return static_cast<int64_t>(i);
+    return -1;  // unreachable
+  }
+
+ private:
+  void refresh(size_t b) {
+    const size_t end = std::min(score_.size(), (b + 1) * kBlock);
+    float m = -INFINITY;
+    for (size_t i = b * kBlock; i < end; ++i) m = std::max(m, score_[i]);
+    block_max_[b] = m;
+  }
+  std::vector<float> score_;
+  std::vector<float> block_max_;
 };
 
 }  // namespace detail
@@ -28,18 +57,14 @@ struct HeapLess {
 int64_t soft_nms_cpu(const float* boxes, const float* scores, const int64_t* labels, int64_t n, int method,
                      float sigma, float iou_threshold, float score_threshold, int64_t max_output,
                      int64_t* keep, float* out_scores) {
-  std::vector<float> current(scores, scores + n);
-  std::vector<char> alive(n, 0);
+  std::vector<float> current(n);
   std::vector<int64_t> ids;
   std::vector<float> areas(n);
-  std::vector<detail::HeapEntry> heap_init;
   for (int64_t i = 0; i < n; ++i) {
     areas[i] = box_area(boxes + 4 * i);
-    if (soft_nms_alive(scores[i], score_threshold)) {  // originally below the threshold: never output
-      alive[i] = 1;
-      ids.push_back(i);
-      heap_init.push_back({scores[i], i});
-    }
+    // Originally below the threshold: never output. +0.f turns -0 into +0 (one zero for the ties).
+    current[i] = soft_nms_alive(scores[i], score_threshold) ? scores[i] + 0.f : -INFINITY;
+    if (current[i] != -INFINITY) ids.push_back(i);
   }
   // Neighbours (IoU > 0, same label) in CSR form, with their IoU.
   std::vector<std::pair<int64_t, int64_t>> pairs;
@@ -59,29 +84,22 @@ int64_t soft_nms_cpu(const float* boxes, const float* scores, const int64_t* lab
     adj_iou[fill[j]] = pair_iou[e], adj[fill[j]++] = i;
   }
 
-  std::priority_queue<detail::HeapEntry, std::vector<detail::HeapEntry>, detail::HeapLess> heap(
-      detail::HeapLess{}, std::move(heap_init));
+  detail::BlockMax remaining(std::move(current));
   const int64_t limit = max_output < 0 ? n : std::min(max_output, n);
   int64_t count = 0;
-  while (count < limit && !heap.empty()) {
-    const detail::HeapEntry top = heap.top();
-    heap.pop();
-    const int64_t m = top.index;
-    if (!alive[m] || top.score != current[m]) continue;  // stale entry
+  while (count < limit) {
+    const int64_t m = remaining.argmax();
+    if (m < 0) break;
     keep[count] = m;
-    out_scores[count] = current[m];
+    out_scores[count] = remaining.score(m);
     ++count;
-    alive[m] = 0;
+    remaining.set(m, -INFINITY);
     for (int64_t e = start[m]; e < start[m + 1]; ++e) {
       const int64_t j = adj[e];
-      if (!alive[j]) continue;
-      const float decayed = current[j] * soft_nms_weight(adj_iou[e], method, sigma, iou_threshold);
-      if (!soft_nms_alive(decayed, score_threshold)) {
-        alive[j] = 0;
-      } else if (decayed != current[j]) {
-        current[j] = decayed;
-        heap.push({decayed, j});
-      }
+      const float s = remaining.score(j);
+      if (s == -INFINITY) continue;  // taken or dropped
+      const float decayed = s * soft_nms_weight(adj_iou[e], method, sigma, iou_threshold);
+      if (decayed != s) remaining.set(j, soft_nms_alive(decayed, score_threshold) ? decayed : -INFINITY);
     }
   }
   return count;
