@@ -243,7 +243,7 @@ PYBIND11_MODULE(_C, m) {
     }
     return out;
   });
-#if defined(WITH_CUDA) && defined(AF_BOX_OPS_CUDA_WRITTEN)  // the box CUDA kernels land in the next commit
+#ifdef WITH_CUDA
   // CUDA: device pointers as integers and the stream; outputs preallocated by runtime/ops.py.
   using Ptr = std::uintptr_t;
   m.def("decode_cuda", [](Ptr scores, Ptr ltrb, int64_t n, int64_t c, int64_t h, int64_t w, float stride,
