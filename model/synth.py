@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 # Bump when the drawing changes: ensure_split regenerates a split written by another version.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 CLASSES = ("car", "person", "sign", "crate", "bird")
 
@@ -366,7 +366,10 @@ def _render(img: np.ndarray, owner: np.ndarray, obj: _Placed, obj_id: int):
             m += mask[i::ss, j::ss]
             col += canvas[i::ss, j::ss]
     alpha = m * (1.0 / (255.0 * ss * ss))
-    premult = col * (1.0 / (ss * ss))
+    # Light from above: the top of an object is a little brighter than its bottom.
+    rows = (np.arange(ph, dtype=np.float32) + (oy + 0.5 - by0)) / max(by1 - by0, 1.0)
+    shade = (1.08 - 0.2 * np.clip(rows, 0.0, 1.0)) * (1.0 / (ss * ss))
+    premult = col * shade[:, None, None]
     total = int(np.count_nonzero(alpha >= 0.5))
     # Clip the patch to the image.
     x0, y0 = max(ox, 0), max(oy, 0)
@@ -542,6 +545,7 @@ def generate_image(seed: int, index: int):
             try_place(obj, random_centres(12), must_be_inside=False)
 
     # Small objects: most in 1-3 clusters with a dominant class and similar sizes, the rest scattered.
+    cluster_spots = []
     if n_small:
         n_clusters = min(int(rng.choice([1, 2, 3], p=[0.35, 0.4, 0.25])), max(1, n_small // 2))
         in_cluster = rng.random(n_small) < 0.85
@@ -553,6 +557,7 @@ def generate_image(seed: int, index: int):
             dom, layout = _CLUSTERS[rng.integers(len(_CLUSTERS))]
             base = _log_uniform(rng, 8.0, 26.0)
             centres = _cluster_positions(rng, layout, ids.size, base, W, H)
+            cluster_spots.append((centres, base))
             for (cx, cy) in centres:
                 label = CLASSES.index(dom) if rng.random() < 0.7 else int(rng.integers(len(CLASSES)))
                 size = float(np.clip(base * math.exp(rng.normal(0, 0.2)), MIN_SIZE, SMALL_MAX - 1))
@@ -569,6 +574,12 @@ def generate_image(seed: int, index: int):
         d = _make_distractor(rng, _log_uniform(rng, 8.0, 120.0))
         d.cx, d.cy = rng.uniform(0, W), rng.uniform(0, H)
         _render(img, owner, d, 0)
+    for centres, base in cluster_spots:  # now and then a small look-alike among a cluster's members
+        if rng.random() < 0.35:
+            d = _make_distractor(rng, base * math.exp(rng.normal(0, 0.2)))
+            cx, cy = centres[rng.integers(len(centres))]
+            d.cx, d.cy = cx + rng.normal(0, 2 * base), cy + rng.normal(0, 2 * base)
+            _render(img, owner, d, 0)
     counts = []
     for i, obj in enumerate(placed):
         counts.append(_render(img, owner, obj, i + 1))
