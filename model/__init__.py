@@ -1,0 +1,1 @@
+"""Model side of autofocus-trt: network, labels, losses, data, training."""

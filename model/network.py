@@ -1,0 +1,148 @@
+"""AutoFocus detector: small fully-convolutional backbone, light FPN, anchor-free stride-8 head and the
+paper's FocusPixel head on stride-16 features.
+
+Export-friendly by construction: plain 3x3/1x1 convs, BatchNorm (eval mode at export), ReLU, nearest
+upsampling and max-pool; no data-dependent shapes. The output contract is docs/contract.md:
+
+    scores (N, C, H/8, W/8)  in [0, 1], non-peaks of a 3x3 window set to 0
+    ltrb   (N, 4, H/8, W/8)  >= 0, distances in input pixels from the cell centre to the box sides
+    focus  (N, 2, H/16, W/16) softmax, channel 1 = FocusPixel probability
+
+`forward()` returns these in deploy mode (`model.deploy()` or `forward(x, export=True)`); in training
+mode it returns raw logits (`cls_logits`, `ltrb`, `focus_logits`) for the losses.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SIZE_DIVISOR = 32
+DET_STRIDE = 8
+FOCUS_STRIDE = 16
+OUTPUT_NAMES = ("scores", "ltrb", "focus")
+INPUT_NAME = "image"
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Backbone(nn.Module):
+    """Plain VGG-like stages; each stage halves the resolution once. Returns strides 8, 16, 32."""
+
+    def __init__(self, widths: list[int], blocks: list[int]):
+        super().__init__()
+        if len(widths) != 5 or len(blocks) != 5:
+            raise ValueError(f"widths and blocks: expected 5 stages (strides 2..32), got {widths}, {blocks}")
+        stages, cin = [], 3
+        for w, n in zip(widths, blocks):
+            layers = [conv_bn_relu(cin, w, stride=2)]
+            layers += [conv_bn_relu(w, w) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*layers))
+            cin = w
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x):
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats[2], feats[3], feats[4]
+
+
+class AutoFocusNet(nn.Module):
+    def __init__(self, num_classes: int, widths=(24, 32, 64, 96, 128), blocks=(1, 2, 2, 2, 2),
+                 fpn_width: int = 64, head_width: int = 64, head_convs: int = 2, focus_width: int = 64,
+                 ltrb_base: float = 8.0, prior_prob: float = 0.05):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.ltrb_base = float(ltrb_base)
+        self.backbone = Backbone(list(widths), list(blocks))
+        c3, c4, c5 = widths[2], widths[3], widths[4]
+        self.lat5 = nn.Conv2d(c5, fpn_width, 1)
+        self.lat4 = nn.Conv2d(c4, fpn_width, 1)
+        self.lat3 = nn.Conv2d(c3, fpn_width, 1)
+        self.smooth4 = conv_bn_relu(fpn_width, fpn_width)
+        self.smooth3 = conv_bn_relu(fpn_width, fpn_width)
+        self.head = nn.Sequential(*[conv_bn_relu(fpn_width if i == 0 else head_width, head_width)
+                                    for i in range(head_convs)])
+        self.cls_out = nn.Conv2d(head_width, num_classes, 1)
+        self.reg_out = nn.Conv2d(head_width, 4, 1)
+        # Paper Sec. 4.1: 3x3 conv, ReLU, 1x1 conv, binary softmax on the stride-16 map.
+        self.focus_conv = nn.Conv2d(fpn_width, focus_width, 3, 1, 1)
+        self.focus_out = nn.Conv2d(focus_width, 2, 1)
+        self.export_mode = False
+        self._init_weights(prior_prob)
+
+    def _init_weights(self, prior_prob: float):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for m in (self.cls_out, self.reg_out, self.focus_out):
+            nn.init.normal_(m.weight, std=0.01)
+        nn.init.constant_(self.cls_out.bias, -math.log((1 - prior_prob) / prior_prob))
+        # Most cells are background for FocusPixels too.
+        with torch.no_grad():
+            self.focus_out.bias.copy_(torch.tensor([1.0, -1.0]))
+
+    def deploy(self) -> "AutoFocusNet":
+        """Eval mode + contract outputs (what export and inference use)."""
+        self.eval()
+        self.export_mode = True
+        return self
+
+    @staticmethod
+    def check_input(x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"image: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"image: expected shape (N, 3, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % SIZE_DIVISOR or w % SIZE_DIVISOR or h == 0 or w == 0:
+            raise ValueError(f"image: H and W must be positive multiples of {SIZE_DIVISOR}, got {h}x{w}")
+
+    def forward(self, image: torch.Tensor, export: bool | None = None):
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            self.check_input(image)
+        c3, c4, c5 = self.backbone(image)
+        p5 = self.lat5(c5)
+        p4 = self.smooth4(self.lat4(c4) + F.interpolate(p5, scale_factor=2.0, mode="nearest"))
+        p3 = self.smooth3(self.lat3(c3) + F.interpolate(p4, scale_factor=2.0, mode="nearest"))
+        h = self.head(p3)
+        cls_logits = self.cls_out(h)
+        # Distances as base * exp(raw): positive, scale-free learning of log-distances.
+        ltrb = self.ltrb_base * torch.exp(self.reg_out(h).clamp(-8.0, 8.0))
+        focus_logits = self.focus_out(F.relu(self.focus_conv(p4)))
+        if export is None:
+            export = self.export_mode
+        if not export:
+            return {"cls_logits": cls_logits, "ltrb": ltrb, "focus_logits": focus_logits}
+        scores = torch.sigmoid(cls_logits)
+        peaks = F.max_pool2d(scores, 3, stride=1, padding=1)
+        scores = scores * (scores >= peaks).to(scores.dtype)
+        focus = torch.softmax(focus_logits, dim=1)
+        return {"scores": scores, "ltrb": ltrb, "focus": focus}
+
+
+def build_model(config: dict, num_classes: int) -> AutoFocusNet:
+    """The network described by config["network"] with `num_classes` outputs."""
+    net = config["network"]
+    return AutoFocusNet(num_classes, widths=tuple(net["widths"]), blocks=tuple(net["blocks"]),
+                        fpn_width=net["fpn_width"], head_width=net["head_width"],
+                        head_convs=net["head_convs"], focus_width=net["focus_width"],
+                        ltrb_base=net["ltrb_base"], prior_prob=net["prior_prob"])
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,603 @@
+"""Train the AutoFocus detector on SNIPER chips, on the CPU, within a wall-clock budget.
+
+    python3 -m model.train                      # model/configs/default.json -> runs/default/
+    python3 -m model.train --config my.json --resume
+
+Phase 1 trains on positive chips; at `schedule.phase1_fraction` of the budget the model is run on a
+subset of training images at every scale, and chips covering confident false positives are added as
+negative chips for phase 2 (SNIPER). Learning rate: linear warm-up, cosine decay over the wall-clock
+budget (so the schedule ends on time whatever the machine's speed). Checkpoints go to
+runs/<name>/last.pt every few minutes; the final weights to runs/<name>/final.pt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from model.chips import (Chip, chip_boxes, negative_chips, normalize_rgb, padded_size, positive_chips,
+                         render_chip, scale_factor)
+from model.config import load_config
+from model.labels import detection_targets, focus_labels, valid_range_mask
+from model.network import AutoFocusNet, build_model
+
+CHECKPOINT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_split(split: str, root: str | Path | None = None):
+    """The CocoSet of a split, generating it first if missing (model.synth.ensure_split)."""
+    from model import data, synth
+    result = synth.ensure_split(split) if root is None else synth.ensure_split(split, out_dir=root)
+    if isinstance(result, data.CocoSet):
+        return result
+    path = Path(result)
+    if path.is_dir():
+        path = path / "annotations.json"
+    return data.load_coco(path)
+
+
+def read_image(path):
+    from model import data
+    return data.read_image(path)
+
+
+class ChipDataset(Dataset):
+    """Renders chips with their targets (focus labels at stride 16, detection targets at stride 8)."""
+
+    def __init__(self, coco, chips: list[Chip], config: dict, augment: bool = True):
+        self.coco, self.chips, self.config, self.augment = coco, chips, config, augment
+        self.num_classes = len(coco.classes)
+
+    def __len__(self):
+        return len(self.chips)
+
+    def _jitter(self, img: np.ndarray, rng: random.Random) -> np.ndarray:
+        aug = self.config["augment"]
+        x = img.astype(np.float32)
+        if aug["brightness"] > 0:
+            x *= 1.0 + rng.uniform(-aug["brightness"], aug["brightness"])
+        if aug["contrast"] > 0:
+            m = x.mean()
+            x = (x - m) * (1.0 + rng.uniform(-aug["contrast"], aug["contrast"])) + m
+        if aug["saturation"] > 0:
+            gray = x.mean(axis=2, keepdims=True)
+            x = (x - gray) * (1.0 + rng.uniform(-aug["saturation"], aug["saturation"])) + gray
+        return np.clip(x, 0, 255).astype(np.uint8)
+
+    def __getitem__(self, i):
+        chip = self.chips[i]
+        rng = random.Random()
+        info = self.coco.images[chip.image_index]
+        img = read_image(info["path"])
+        flip = self.augment and rng.random() < self.config["augment"]["hflip_prob"]
+        if self.augment:
+            img = self._jitter(img, rng)
+        x = render_chip(img, chip.factor, chip.x0, chip.y0, chip.size, chip.size, flip=flip)
+        targets = chip_targets(self.coco, chip, self.config, flip)
+        return torch.from_numpy(x), {k: torch.from_numpy(v) for k, v in targets.items()}
+
+
+def chip_targets(coco, chip: Chip, config: dict, flip: bool = False) -> dict:
+    """Focus labels + detection targets of one chip (boxes scaled, cropped, optionally mirrored)."""
+    image_id = coco.images[chip.image_index]["id"]
+    info = coco.images[chip.image_index]
+    boxes = coco.boxes.get(image_id, np.zeros((0, 4), np.float32))
+    classes = coco.labels.get(image_id, np.zeros((0,), np.int64))
+    size = chip.size
+    cb = chip_boxes(boxes, chip.factor, chip.x0, chip.y0, size, flip)
+    fl = config["focus_labels"]
+    focus = focus_labels(cb, (size, size), config["network"]["focus_stride"], fl["a"], fl["b"], fl["c"])
+
+    # The visible part of each box: inside the chip and inside the (resized) image.
+    rw, rh = info["width"] * chip.factor, info["height"] * chip.factor
+    if flip:
+        ix0, ix1 = size - (rw - chip.x0), size + chip.x0
+    else:
+        ix0, ix1 = -chip.x0, rw - chip.x0
+    lo_x, hi_x = max(0.0, ix0), min(float(size), ix1)
+    lo_y, hi_y = max(0.0, -chip.y0), min(float(size), rh - chip.y0)
+    clipped = cb.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(lo_x, hi_x)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(lo_y, hi_y)
+    area = np.clip(cb[:, 2] - cb[:, 0], 0, None) * np.clip(cb[:, 3] - cb[:, 1], 0, None)
+    vis_area = np.clip(clipped[:, 2] - clipped[:, 0], 0, None) * np.clip(clipped[:, 3] - clipped[:, 1], 0, None)
+    present = vis_area > 0
+    visible = vis_area >= config["targets"]["min_visible_fraction"] * np.maximum(area, 1e-9)
+    valid = valid_range_mask(boxes, config["chips"]["valid_ranges"][chip.scale_index]) if len(boxes) else \
+        np.zeros(0, bool)
+    pos = present & valid & visible
+    ign = present & ~pos
+    det = detection_targets(clipped[pos], classes[pos], clipped[ign], classes[ign], len(coco.classes),
+                            (size, size), config["network"]["det_stride"], config["targets"]["alpha"],
+                            config["targets"]["beta"])
+    det["focus_labels"] = focus
+    return det
+
+
+def collate(batch):
+    images = torch.stack([b[0] for b in batch])
+    targets = {k: torch.stack([b[1][k] for b in batch]) for k in batch[0][1]}
+    return images, targets
+
+
+def build_positive_chips(coco, config: dict) -> list[Chip]:
+    ch = config["chips"]
+    chips = []
+    for idx, info in enumerate(coco.images):
+        boxes = coco.boxes.get(info["id"], np.zeros((0, 4), np.float32))
+        chips += positive_chips(idx, boxes, (info["height"], info["width"]), ch["scales"], ch["valid_ranges"],
+                                ch["chip_size"], ch["grid_stride"], tuple(ch["whole_image_scales"]))
+    return chips
+
+
+# ----------------------------------------------------------------------------- losses
+
+def cell_centres(h: int, w: int, stride: int, device=None):
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * stride
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * stride
+    return ys.view(h, 1).expand(h, w), xs.view(1, w).expand(h, w)
+
+
+def ltrb_to_boxes(ltrb: torch.Tensor, stride: int) -> torch.Tensor:
+    """(N,4,h,w) distances -> (N,4,h,w) boxes [x1,y1,x2,y2] in input pixels."""
+    cy, cx = cell_centres(ltrb.shape[2], ltrb.shape[3], stride, ltrb.device)
+    return torch.stack([cx - ltrb[:, 0], cy - ltrb[:, 1], cx + ltrb[:, 2], cy + ltrb[:, 3]], dim=1)
+
+
+def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - GIoU for (K,4) boxes."""
+    area_p = (pred[:, 2] - pred[:, 0]).clamp(min=0) * (pred[:, 3] - pred[:, 1]).clamp(min=0)
+    area_t = (target[:, 2] - target[:, 0]).clamp(min=0) * (target[:, 3] - target[:, 1]).clamp(min=0)
+    iw = (torch.min(pred[:, 2], target[:, 2]) - torch.max(pred[:, 0], target[:, 0])).clamp(min=0)
+    ih = (torch.min(pred[:, 3], target[:, 3]) - torch.max(pred[:, 1], target[:, 1])).clamp(min=0)
+    inter = iw * ih
+    union = area_p + area_t - inter + 1e-6
+    ew = torch.max(pred[:, 2], target[:, 2]) - torch.min(pred[:, 0], target[:, 0])
+    eh = torch.max(pred[:, 3], target[:, 3]) - torch.min(pred[:, 1], target[:, 1])
+    enclose = ew * eh + 1e-6
+    giou = inter / union - (enclose - union) / enclose
+    return 1.0 - giou
+
+
+def compute_losses(outputs: dict, targets: dict, config: dict) -> dict:
+    lw = config["loss"]
+    logits = outputs["cls_logits"]
+    hm, cw = targets["heatmap"], targets["cls_weight"]
+    p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    pos = (hm >= 1.0).float()
+    # Penalty-reduced focal loss (CornerNet/CenterNet), cells with weight 0 are ignored.
+    pos_loss = -torch.log(p) * (1 - p) ** 2 * pos
+    neg_loss = -torch.log(1 - p) * p ** 2 * (1 - hm) ** 4 * (1 - pos)
+    num_pos = pos.sum().clamp(min=1.0)
+    heatmap_loss = ((pos_loss + neg_loss) * cw).sum() / num_pos
+
+    rw = targets["reg_weight"]
+    mask = rw > 0
+    if mask.any():
+        pred_boxes = ltrb_to_boxes(outputs["ltrb"], config["network"]["det_stride"]).permute(0, 2, 3, 1)[mask]
+        tgt_boxes = targets["box_target"].permute(0, 2, 3, 1)[mask]
+        w = rw[mask]
+        box_loss = (giou_loss(pred_boxes, tgt_boxes) * w).sum() / w.sum().clamp(min=1e-6)
+    else:
+        box_loss = outputs["ltrb"].sum() * 0.0
+
+    fl = targets["focus_labels"]
+    if (fl >= 0).any():
+        focus_loss = F.cross_entropy(outputs["focus_logits"], fl, ignore_index=-1)
+    else:
+        focus_loss = outputs["focus_logits"].sum() * 0.0
+    total = lw["heatmap_weight"] * heatmap_loss + lw["giou_weight"] * box_loss + lw["focus_weight"] * focus_loss
+    return {"loss": total, "heatmap": heatmap_loss, "giou": box_loss, "focus": focus_loss}
+
+
+# ----------------------------------------------------------------------------- inference helpers
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Plain greedy NMS in torch (validation and mining only; the runtime has its own ops)."""
+    order = scores.argsort(descending=True)
+    boxes = boxes[order]
+    if len(boxes) == 0:
+        return order
+    x1, y1, x2, y2 = boxes.unbind(1)
+    areas = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    iw = (torch.min(x2[:, None], x2[None]) - torch.max(x1[:, None], x1[None])).clamp(min=0)
+    ih = (torch.min(y2[:, None], y2[None]) - torch.max(y1[:, None], y1[None])).clamp(min=0)
+    inter = iw * ih
+    iou = inter / (areas[:, None] + areas[None] - inter + 1e-9)
+    keep = torch.ones(len(boxes), dtype=torch.bool)
+    for i in range(len(boxes)):
+        if keep[i]:
+            keep[i + 1:] &= iou[i, i + 1:] <= iou_threshold
+    return order[keep]
+
+
+@torch.no_grad()
+def detect_resized(model: AutoFocusNet, image_bgr: np.ndarray, factor: float, config: dict,
+                   score_threshold: float = 0.05, max_detections: int = 100):
+    """Whole image resized by `factor` (padded to 32) -> boxes in ORIGINAL pixels, scores, labels, focus map."""
+    h, w = image_bgr.shape[:2]
+    rh, rw = int(round(h * factor)), int(round(w * factor))
+    ph, pw = padded_size(rh, 32), padded_size(rw, 32)
+    x = render_chip(image_bgr, factor, 0, 0, ph, pw)
+    # Zero (normalised) padding beyond the resized image, as the runtime does.
+    x[:, rh:, :] = 0
+    x[:, :, rw:] = 0
+    out = model(torch.from_numpy(x)[None], export=True)
+    scores = out["scores"][0]
+    c, gh, gw = scores.shape
+    flat = scores.reshape(-1)
+    k = min(max_detections * 4, flat.numel())
+    top, idx = flat.topk(k)
+    keep = top > score_threshold
+    top, idx = top[keep], idx[keep]
+    labels = idx // (gh * gw)
+    cell = idx % (gh * gw)
+    boxes = ltrb_to_boxes(out["ltrb"], config["network"]["det_stride"])[0].reshape(4, -1)[:, cell].T / factor
+    kept = []
+    for cl in labels.unique():
+        sel = torch.nonzero(labels == cl).flatten()
+        kept.append(sel[nms(boxes[sel], top[sel], config["validation"]["nms_iou"])])
+    kept = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long)
+    kept = kept[top[kept].argsort(descending=True)][:max_detections]
+    return boxes[kept].numpy(), top[kept].numpy(), labels[kept].numpy(), out["focus"][0, 1].numpy()
+
+
+def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    aa = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    ab = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (aa[:, None] + ab[None] - inter + 1e-9)
+
+
+def average_precision_50(dets: list, gts: list, num_classes: int) -> float:
+    """VOC-style (all-point) AP at IoU 0.5, mean over classes with ground truth. A proxy for progress.
+
+    dets: per image (boxes, scores, labels); gts: per image (boxes, labels, ignore mask).
+    Detections matching an ignored ground truth are neither TP nor FP.
+    """
+    aps = []
+    for c in range(num_classes):
+        records, n_gt = [], 0
+        for (db, ds, dl), (gb, gl, gi) in zip(dets, gts):
+            dsel, gsel = dl == c, gl == c
+            gbc, gic = gb[gsel], gi[gsel]
+            n_gt += int((~gic).sum())
+            dbc, dsc = db[dsel], ds[dsel]
+            order = np.argsort(-dsc)
+            dbc, dsc = dbc[order], dsc[order]
+            iou = box_iou_np(dbc, gbc)
+            used = np.zeros(len(gbc), bool)
+            for j in range(len(dbc)):
+                if len(gbc):
+                    cand = np.where(~used, iou[j], -1)
+                    m = int(np.argmax(cand))
+                    if cand[m] >= 0.5:
+                        used[m] = True
+                        if not gic[m]:
+                            records.append((dsc[j], 1))
+                        continue
+                    if (iou[j][gic] >= 0.5).any() if gic.any() else False:
+                        continue
+                records.append((dsc[j], 0))
+        if n_gt == 0:
+            continue
+        if not records:
+            aps.append(0.0)
+            continue
+        records.sort(key=lambda r: -r[0])
+        tp = np.cumsum([r[1] for r in records])
+        fp = np.cumsum([1 - r[1] for r in records])
+        recall = tp / n_gt
+        precision = tp / np.maximum(tp + fp, 1e-9)
+        mrec = np.concatenate([[0], recall, [1]])
+        mpre = np.concatenate([[0], precision, [0]])
+        for i in range(len(mpre) - 2, -1, -1):
+            mpre[i] = max(mpre[i], mpre[i + 1])
+        idx = np.where(mrec[1:] != mrec[:-1])[0]
+        aps.append(float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1])))
+    return float(np.mean(aps)) if aps else 0.0
+
+
+def focus_recall(focus_prob: np.ndarray, boxes_original: np.ndarray, factor: float, threshold: float,
+                 stride: int = 16) -> tuple[int, int]:
+    """How many boxes overlap at least one focus cell with probability >= threshold: (hits, total)."""
+    hits = 0
+    gh, gw = focus_prob.shape
+    for b in boxes_original * factor:
+        x0, x1 = max(int(b[0] // stride), 0), min(int(math.ceil(b[2] / stride)), gw)
+        y0, y1 = max(int(b[1] // stride), 0), min(int(math.ceil(b[3] / stride)), gh)
+        if x1 > x0 and y1 > y0 and (focus_prob[y0:y1, x0:x1] >= threshold).any():
+            hits += 1
+    return hits, len(boxes_original)
+
+
+@torch.no_grad()
+def quick_validate(model: AutoFocusNet, coco, config: dict) -> dict:
+    """AP50 at one scale (SNIP valid range, other gts ignored) + FocusPixel recall of small objects."""
+    v = config["validation"]
+    scales = config["chips"]["scales"]
+    was_training = model.training
+    model.eval()
+    n = min(v["images"], len(coco.images))
+    dets, gts = [], []
+    f1_hits = f1_tot = f2_hits = f2_tot = 0
+    lo, hi = v["valid_range"]
+    hi = math.inf if hi < 0 else hi
+    for info in coco.images[:n]:
+        img = read_image(info["path"])
+        gb = coco.boxes.get(info["id"], np.zeros((0, 4), np.float32))
+        gl = coco.labels.get(info["id"], np.zeros((0,), np.int64))
+        gsize = np.sqrt(np.clip(gb[:, 2] - gb[:, 0], 0, None) * np.clip(gb[:, 3] - gb[:, 1], 0, None))
+        f2 = scale_factor(info["height"], info["width"], scales[v["scale_index"]])
+        boxes, scores, labels, focus2 = detect_resized(model, img, f2, config, v["score_threshold"],
+                                                       v["max_detections"])
+        dsize = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+        inr = (dsize >= lo) & (dsize <= hi)
+        dets.append((boxes[inr], scores[inr], labels[inr]))
+        gts.append((gb, gl, ~((gsize >= lo) & (gsize <= hi))))
+        h, c = focus_recall(focus2, gb[gsize < v["small_below_scale2"]], f2, v["focus_threshold_scale2"])
+        f2_hits, f2_tot = f2_hits + h, f2_tot + c
+        f1 = scale_factor(info["height"], info["width"], scales[0])
+        *_, focus1 = detect_resized(model, img, f1, config, 1.0, 1)
+        h, c = focus_recall(focus1, gb[gsize < v["small_below_scale1"]], f1, v["focus_threshold_scale1"])
+        f1_hits, f1_tot = f1_hits + h, f1_tot + c
+    model.train(was_training)
+    return {"ap50": average_precision_50(dets, gts, len(coco.classes)),
+            "focus_recall_s1": f1_hits / max(f1_tot, 1), "focus_recall_s2": f2_hits / max(f2_tot, 1)}
+
+
+@torch.no_grad()
+def mine_negative_chips(model: AutoFocusNet, coco, positives: list[Chip], config: dict, seed: int) -> list[Chip]:
+    """SNIPER negative chips: confident detections matching no ground truth, in the scale's valid range,
+    not covered by a positive chip, on a random subset of training images at every scale."""
+    mc, ch = config["mining"], config["chips"]
+    was_training = model.training
+    model.eval()
+    rng = random.Random(seed)
+    indices = rng.sample(range(len(coco.images)), min(mc["images"], len(coco.images)))
+    negatives = []
+    for idx in indices:
+        info = coco.images[idx]
+        img = read_image(info["path"])
+        gb = coco.boxes.get(info["id"], np.zeros((0, 4), np.float32)).astype(np.float64)
+        for si, (scale, vrange) in enumerate(zip(ch["scales"], ch["valid_ranges"])):
+            f = scale_factor(info["height"], info["width"], scale)
+            boxes, scores, _, _ = detect_resized(model, img, f, config, mc["score_threshold"], 100)
+            if len(boxes) == 0:
+                continue
+            fp = valid_range_mask(boxes, vrange)
+            if len(gb):
+                fp &= box_iou_np(boxes.astype(np.float64), gb).max(axis=1) < mc["iou_threshold"]
+            rh, rw = int(round(info["height"] * f)), int(round(info["width"] * f))
+            negatives += negative_chips(idx, boxes[fp] * f, si, f, (rh, rw), positives, ch["chip_size"],
+                                        ch["grid_stride"], mc["max_chips_per_image_scale"])
+    model.train(was_training)
+    return negatives
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path: Path, model, config: dict, classes: list[str], **extra) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "config": config,
+             "classes": list(classes), **extra}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+
+
+def _read_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint_path: no such file {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated/corrupt files raise many different errors
+        raise ValueError(f"checkpoint_path: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or not {"model", "config", "classes"} <= set(state):
+        raise ValueError(f"checkpoint_path: {path} lacks model/config/classes entries")
+    return state
+
+
+def load_model(checkpoint_path) -> tuple[AutoFocusNet, dict]:
+    """(model in deploy mode, config with "classes") from a checkpoint written by training."""
+    state = _read_checkpoint(checkpoint_path)
+    config = dict(state["config"])
+    config["classes"] = list(state["classes"])
+    model = build_model(config, len(config["classes"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint_path: {checkpoint_path} weights do not fit the configured network ({e})") from e
+    return model.deploy(), config
+
+
+# ----------------------------------------------------------------------------- training loop
+
+def lr_at(step: int, progress: float, optim_cfg: dict) -> float:
+    warm = min(1.0, (step + 1) / max(optim_cfg["warmup_steps"], 1))
+    progress = min(max(progress, 0.0), 1.0)
+    m = optim_cfg["min_lr_ratio"]
+    return optim_cfg["lr"] * warm * (m + (1 - m) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model, optim_cfg: dict):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": optim_cfg["weight_decay"]},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if optim_cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=optim_cfg["lr"], momentum=optim_cfg["momentum"], nesterov=True)
+    return torch.optim.AdamW(groups, lr=optim_cfg["lr"])
+
+
+def _loader(coco, chips, config, seed):
+    ds = ChipDataset(coco, chips, config, augment=True)
+    workers = config["schedule"]["num_workers"]
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(ds, batch_size=config["optim"]["batch_size"], shuffle=True, drop_last=len(ds) >= config["optim"]["batch_size"],
+                      num_workers=workers, collate_fn=collate, persistent_workers=workers > 0,
+                      generator=g)
+
+
+def _chip_tuple(c: Chip):
+    return (c.image_index, c.scale_index, c.factor, c.x0, c.y0, c.size, c.negative)
+
+
+def train(config: dict, run_dir: Path, resume: bool = False, train_set=None, val_set=None,
+          progress_bar: bool = True) -> dict:
+    """Train per `config`; returns a summary (steps, losses, last validation, paths)."""
+    t_process = time.time()
+    sched = config["schedule"]
+    torch.set_num_threads(sched["num_threads"])
+    torch.manual_seed(config["seed"])
+    random.seed(config["seed"])
+    np.random.seed(config["seed"])
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last_path, final_path = run_dir / "last.pt", run_dir / "final.pt"
+
+    coco = train_set if train_set is not None else load_split(config["data"]["train_split"])
+    val = val_set if val_set is not None else load_split(config["data"]["val_split"])
+    classes = list(coco.classes)
+    model = build_model(config, len(classes))
+    optimizer = make_optimizer(model, config["optim"])
+    positives = build_positive_chips(coco, config)
+    if not positives:
+        raise ValueError(f"train split {coco.annotations_path}: no positive chips (no boxes in any valid range)")
+
+    step, phase, train_elapsed, negatives, history = 0, 1, 0.0, [], []
+    if resume and last_path.is_file():
+        state = _read_checkpoint(last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, phase, train_elapsed = state["step"], state["phase"], state["train_elapsed"]
+        negatives = [Chip(*t) for t in state["negative_chips"]]
+        history = state.get("history", [])
+        print(f"resumed {last_path} at step {step}, phase {phase}", file=sys.stderr)
+
+    budget_s = sched["time_budget_minutes"] * 60.0
+    # Wall-clock schedule: training seconds available = budget - set-up so far - final reserve.
+    setup_s = time.time() - t_process
+    train_budget = max(budget_s - setup_s - sched["final_reserve_minutes"] * 60.0, 1.0)
+    if resume:
+        train_budget = max(budget_s - sched["final_reserve_minutes"] * 60.0, train_elapsed + 1.0)
+    max_steps = sched["max_steps"] or None
+    print(f"{len(coco.images)} train images, {len(positives)} positive chips "
+          f"(per scale: {[sum(c.scale_index == s for c in positives) for s in range(len(config['chips']['scales']))]}), "
+          f"training budget {train_budget / 60:.1f} min", file=sys.stderr)
+
+    def save(path, **extra):
+        save_checkpoint(path, model, config, classes, step=step, phase=phase, train_elapsed=train_elapsed,
+                        negative_chips=[_chip_tuple(c) for c in negatives], history=history, **extra)
+
+    loader = _loader(coco, positives + negatives, config, config["seed"] + step)
+    t_start = time.time() - train_elapsed
+    last_ckpt = last_val = time.time()
+    bar = None
+    if progress_bar:
+        from tqdm import tqdm
+        bar = tqdm(total=max_steps, initial=step, dynamic_ncols=True, mininterval=5.0, file=sys.stderr)
+    model.train()
+    running, interval = {}, {}
+    done = False
+    while not done:
+        for images, targets in loader:
+            train_elapsed = time.time() - t_start
+            progress = train_elapsed / train_budget
+            if progress >= 1.0 or (max_steps is not None and step >= max_steps):
+                done = True
+                break
+            if phase == 1 and config["mining"]["enabled"] and progress >= sched["phase1_fraction"] \
+                    and max_steps is None:
+                t0 = time.time()
+                negatives = mine_negative_chips(model, coco, positives, config, config["seed"] + 1)
+                phase = 2
+                print(f"\nphase 2: mined {len(negatives)} negative chips in {time.time() - t0:.0f} s",
+                      file=sys.stderr)
+                history.append({"step": step, "event": "mining", "negative_chips": len(negatives),
+                                "seconds": time.time() - t0})
+                save(last_path)
+                loader = _loader(coco, positives + negatives, config, config["seed"] + step)
+                break  # restart the epoch on the new chip set
+            lr = lr_at(step, progress, config["optim"])
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            outputs = model(images)
+            losses = compute_losses(outputs, targets, config)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if config["optim"]["grad_clip_norm"] > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config["optim"]["grad_clip_norm"])
+            optimizer.step()
+            step += 1
+            for k, v in losses.items():
+                v = float(v.detach())
+                running[k] = running[k] * 0.95 + v * 0.05 if k in running else v
+                interval[k] = interval.get(k, 0.0) + v
+            interval["n"] = interval.get("n", 0) + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()} | {"lr": f"{lr:.1e}"}, refresh=False)
+            if step % sched["log_every"] == 0:
+                # Mean of the raw losses since the last log line.
+                n = interval.pop("n")
+                history.append({"step": step, "t": round(train_elapsed, 1), "lr": lr, "phase": phase,
+                                **{k: round(v / n, 4) for k, v in interval.items()}})
+                interval = {}
+                print(json.dumps(history[-1]), file=sys.stderr, flush=True)
+            now = time.time()
+            if now - last_val >= sched["val_minutes"] * 60.0:
+                metrics = quick_validate(model, val, config)
+                history.append({"step": step, "event": "val", **metrics})
+                print(f"\nval step {step}: " + json.dumps(metrics), file=sys.stderr, flush=True)
+                last_val = time.time()
+            if now - last_ckpt >= sched["checkpoint_minutes"] * 60.0:
+                save(last_path)
+                last_ckpt = time.time()
+    if bar is not None:
+        bar.close()
+    metrics = quick_validate(model, val, config)
+    history.append({"step": step, "event": "final_val", **metrics})
+    print(f"final step {step}: " + json.dumps(metrics), file=sys.stderr, flush=True)
+    save(last_path)
+    save(final_path)
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    return {"steps": step, "final_val": metrics, "final": str(final_path), "last": str(last_path),
+            "losses": running, "history": history, "minutes": (time.time() - t_process) / 60}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="JSON overriding model/configs/default.json")
+    ap.add_argument("--run-dir", default=None, help="default: runs/<config name>")
+    ap.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
+    ap.add_argument("--minutes", type=float, default=None, help="override schedule.time_budget_minutes")
+    args = ap.parse_args(argv)
+    overrides = {"schedule": {"time_budget_minutes": args.minutes}} if args.minutes else None
+    config = load_config(args.config, overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / config["name"]
+    summary = train(config, run_dir, resume=args.resume)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""Training smoke test on a tiny generated split, checkpoint round trip, resume, corrupt checkpoints."""
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from model.chips import Chip
+from model.config import load_config
+from model.data import load_coco
+from model.network import AutoFocusNet, build_model
+from model.synth import generate_split
+from model.train import (build_positive_chips, chip_targets, load_model, mine_negative_chips, save_checkpoint,
+                         train)
+
+torch.set_num_threads(2)
+
+TINY_NET = {"widths": [8, 16, 16, 32, 32], "blocks": [1, 1, 1, 1, 1], "fpn_width": 16, "head_width": 16,
+            "head_convs": 1, "focus_width": 16}
+
+
+def tiny_config(**schedule):
+    sched = {"max_steps": 30, "num_workers": 0, "log_every": 1, "val_minutes": 1e6, "checkpoint_minutes": 1e6,
+             "time_budget_minutes": 10.0, "final_reserve_minutes": 0.0}
+    sched.update(schedule)
+    return load_config(overrides={
+        "network": TINY_NET,
+        "optim": {"batch_size": 2, "lr": 0.01, "warmup_steps": 3},
+        "augment": {"hflip_prob": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0},
+        "schedule": sched,
+        "validation": {"images": 2},
+        "mining": {"images": 2, "score_threshold": 0.0},
+    })
+
+
+@pytest.fixture(scope="module")
+def tiny_split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    generate_split(root / "train", seed=11, count=4, split="custom")
+    generate_split(root / "val", seed=12, count=2, split="custom")
+    return load_coco(root / "train" / "annotations.json"), load_coco(root / "val" / "annotations.json")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_split, tmp_path_factory):
+    train_set, val_set = tiny_split
+    run_dir = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    # One image, no augmentation: the few chips repeat, so the loss must fall clearly within 30 steps.
+    one = dataclasses.replace(train_set, images=train_set.images[:1])
+    summary = train(tiny_config(), run_dir, train_set=one, val_set=val_set, progress_bar=False)
+    return summary, run_dir
+
+
+def test_training_loss_falls(trained):
+    summary, run_dir = trained
+    assert summary["steps"] == 30
+    losses = [h["loss"] for h in summary["history"] if "loss" in h]
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5])
+    for key in ("heatmap", "giou", "focus"):
+        assert all(key in h for h in summary["history"] if "loss" in h)
+    assert (run_dir / "final.pt").is_file() and (run_dir / "last.pt").is_file()
+    assert {"ap50", "focus_recall_s1", "focus_recall_s2"} <= set(summary["final_val"])
+
+
+def test_final_checkpoint_loads_and_meets_contract(trained):
+    _, run_dir = trained
+    model, config = load_model(run_dir / "final.pt")
+    assert config["classes"] == ["car", "person", "sign", "crate", "bird"]
+    assert not model.training
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 96))
+    assert out["scores"].shape == (1, 5, 8, 12) and out["focus"].shape == (1, 2, 4, 6)
+
+
+def test_resume_continues_from_last(tiny_split, trained, tmp_path):
+    train_set, val_set = tiny_split
+    _, run_dir = trained
+    shutil.copy(run_dir / "last.pt", tmp_path / "last.pt")
+    summary = train(tiny_config(max_steps=33), tmp_path, resume=True, train_set=train_set, val_set=val_set,
+                    progress_bar=False)
+    assert summary["steps"] == 33
+    steps = [h["step"] for h in summary["history"] if "loss" in h]
+    assert steps[:30] == list(range(1, 31)) and steps[30:] == [31, 32, 33]
+
+
+def test_checkpoint_round_trip_same_outputs(tmp_path):
+    config = tiny_config()
+    torch.manual_seed(1)
+    model = build_model(config, 3)
+    with torch.no_grad():  # non-trivial BN statistics, so eval mode matters
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    save_checkpoint(tmp_path / "m.pt", model, config, ["a", "b", "c"], step=7)
+    loaded, cfg = load_model(tmp_path / "m.pt")
+    x = torch.randn(2, 3, 96, 64)
+    model.deploy()
+    with torch.no_grad():
+        a, b = model(x), loaded(x)
+    for k in ("scores", "ltrb", "focus"):
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert cfg["classes"] == ["a", "b", "c"] and cfg["network"] == config["network"]
+
+
+def test_missing_and_corrupt_checkpoints_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_model(tmp_path / "nope.pt")
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.pt"):
+        load_model(bad)
+    # A real checkpoint cut in half.
+    config = tiny_config()
+    save_checkpoint(tmp_path / "full.pt", build_model(config, 2), config, ["x", "y"])
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "half.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="half.pt"):
+        load_model(tmp_path / "half.pt")
+    # A readable file that is not one of ours.
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt"):
+        load_model(tmp_path / "other.pt")
+    # Weights of another architecture.
+    other = dict(config)
+    other["network"] = dict(config["network"], fpn_width=24)
+    save_checkpoint(tmp_path / "arch.pt", build_model(other, 2), config, ["x", "y"])
+    with pytest.raises(ValueError, match="arch.pt"):
+        load_model(tmp_path / "arch.pt")
+
+
+def test_chip_targets_ignore_boxes_outside_the_valid_range(tiny_split):
+    train_set, _ = tiny_split
+    config = tiny_config()
+    chips = build_positive_chips(train_set, config)
+    assert chips and all(not c.negative for c in chips)
+    for chip in chips[:6]:
+        image_id = train_set.images[chip.image_index]["id"]
+        boxes = train_set.boxes[image_id]
+        lo, hi = config["chips"]["valid_ranges"][chip.scale_index]
+        hi = np.inf if hi < 0 else hi
+        s = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        t = chip_targets(train_set, chip, config)
+        # Every regressed cell's target is a (clipped) valid box; no invalid box is ever a target.
+        scaled = boxes * chip.factor - np.array([chip.x0, chip.y0, chip.x0, chip.y0])
+        targets = t["box_target"][:, t["reg_weight"] > 0].T
+        for tb in targets:
+            owner = np.argmin(np.abs(np.clip(scaled, 0, chip.size) - tb).sum(1))
+            assert lo <= s[owner] <= hi
+        # Peaks only for valid boxes: at most as many as the valid boxes.
+        assert (t["heatmap"] == 1).sum() <= ((s >= lo) & (s <= hi)).sum()
+        assert t["focus_labels"].shape == (32, 32)
+
+
+def test_negative_mining_returns_negative_chips(tiny_split):
+    train_set, _ = tiny_split
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = AutoFocusNet(5, widths=(8, 16, 16, 32, 32), blocks=(1, 1, 1, 1, 1), fpn_width=16, head_width=16,
+                         head_convs=1, focus_width=16, prior_prob=0.5)  # untrained: everything scores ~0.5
+    positives = build_positive_chips(train_set, config)
+    negatives = mine_negative_chips(model, train_set, positives, config, seed=0)
+    assert negatives, "an untrained model's detections are false positives"
+    assert all(isinstance(c, Chip) and c.negative and c.size == 512 for c in negatives)
+    per = {}
+    for c in negatives:
+        per[(c.image_index, c.scale_index)] = per.get((c.image_index, c.scale_index), 0) + 1
+    assert max(per.values()) <= config["mining"]["max_chips_per_image_scale"]
