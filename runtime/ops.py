@@ -177,7 +177,7 @@ def connected_components(mask):
     height, width = m.shape
     if _is_cuda(m):
         import torch
-        labels = torch.zeros((height, width), dtype=torch.int32, device=m.device)
+        labels = torch.empty((height, width), dtype=torch.int32, device=m.device)  # every cell written
         boxes = torch.empty((_max_components(height, width), 4), dtype=torch.int32, device=m.device)
         if m.numel() == 0:
             return labels, boxes[:0]
@@ -214,7 +214,7 @@ def _focus_chips(probs, valid_hw: np.ndarray, threshold, dilation, min_size, nam
         return chips[:count], batch_index[:count]
     chips, batch_index, bad_map = _ext().focus_chips_batched_cpu(probs, valid_hw, threshold, dilation, min_size)
     if bad_map >= 0:
-        where = f" (map {bad_map})" if probs is not like and batch > 1 else ""
+        where = f" (map {bad_map})" if name == "probs" else ""
         raise ValueError(f"{name}: contains NaN or inf{where}")
     return _same_kind(chips, like), _same_kind(batch_index, like)
 
@@ -227,6 +227,7 @@ def focus_chips(prob, threshold: float, dilation: int, min_size: int):
     min_size x min_size cells (odd extra cell to the right/bottom), shifted inside the map (clipped only
     when the map is smaller); paint the rectangles and repeat until their number stops changing.
     Returns (M, 4) int32 [x1, y1, x2, y2) in map cells, sorted by (y1, x1). NaN/inf in prob: ValueError.
+    On CUDA this is focus_chips_batched with a batch of one.
     """
     p = _array(prob, "prob", (np.float32,), ndim=2)
     _check_cells(p.shape, "prob")
@@ -240,7 +241,9 @@ def focus_chips_batched(probs, valid_hw, threshold: float, dilation: int, min_si
     (rows/columns beyond it are padding, ignored: map b is probs[b, :h, :w]).
 
     Returns chips (M, 4) int32 in cells and batch_index (M,) int32, map by map in batch order, each map's
-    chips as focus_chips gives them. On CUDA: one launch over the batch (valid_hw is read on the host).
+    chips as focus_chips gives them. On CUDA: one launch over the batch, one thread block per map (sized
+    for focus maps, ~100 x 130 cells at most), plus one launch that gathers the chips in batch order;
+    valid_hw is checked on the host and the chip count is the one value the host reads.
     """
     p = _array(probs, "probs", (np.float32,), ndim=3)
     _check_cells(p.shape, "probs")
