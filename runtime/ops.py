@@ -129,7 +129,7 @@ def _finite_number(value, name: str, positive: bool = False) -> float:
 
 
 def _check_cells(shape, name: str):
-    if int(np.prod(shape[-2:])) > _MAX_CELLS:
+    if int(shape[-2]) * int(shape[-1]) > _MAX_CELLS:  # (np.prod costs more than a small dilate)
         raise ValueError(f"{name}: a map of {shape[-2]} x {shape[-1]} cells exceeds the int32 index range")
 
 
