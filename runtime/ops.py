@@ -129,7 +129,7 @@ def _finite_number(value, name: str, positive: bool = False) -> float:
 
 
 def _check_cells(shape, name: str):
-    if int(np.prod(shape[-2:])) > _MAX_CELLS:
+    if int(shape[-2]) * int(shape[-1]) > _MAX_CELLS:  # (np.prod costs more than a small dilate)
         raise ValueError(f"{name}: a map of {shape[-2]} x {shape[-1]} cells exceeds the int32 index range")
 
 
@@ -177,7 +177,7 @@ def connected_components(mask):
     height, width = m.shape
     if _is_cuda(m):
         import torch
-        labels = torch.zeros((height, width), dtype=torch.int32, device=m.device)
+        labels = torch.empty((height, width), dtype=torch.int32, device=m.device)  # every cell written
         boxes = torch.empty((_max_components(height, width), 4), dtype=torch.int32, device=m.device)
         if m.numel() == 0:
             return labels, boxes[:0]
@@ -214,7 +214,7 @@ def _focus_chips(probs, valid_hw: np.ndarray, threshold, dilation, min_size, nam
         return chips[:count], batch_index[:count]
     chips, batch_index, bad_map = _ext().focus_chips_batched_cpu(probs, valid_hw, threshold, dilation, min_size)
     if bad_map >= 0:
-        where = f" (map {bad_map})" if probs is not like and batch > 1 else ""
+        where = f" (map {bad_map})" if name == "probs" else ""
         raise ValueError(f"{name}: contains NaN or inf{where}")
     return _same_kind(chips, like), _same_kind(batch_index, like)
 
@@ -227,6 +227,7 @@ def focus_chips(prob, threshold: float, dilation: int, min_size: int):
     min_size x min_size cells (odd extra cell to the right/bottom), shifted inside the map (clipped only
     when the map is smaller); paint the rectangles and repeat until their number stops changing.
     Returns (M, 4) int32 [x1, y1, x2, y2) in map cells, sorted by (y1, x1). NaN/inf in prob: ValueError.
+    On CUDA this is focus_chips_batched with a batch of one.
     """
     p = _array(prob, "prob", (np.float32,), ndim=2)
     _check_cells(p.shape, "prob")
@@ -240,7 +241,9 @@ def focus_chips_batched(probs, valid_hw, threshold: float, dilation: int, min_si
     (rows/columns beyond it are padding, ignored: map b is probs[b, :h, :w]).
 
     Returns chips (M, 4) int32 in cells and batch_index (M,) int32, map by map in batch order, each map's
-    chips as focus_chips gives them. On CUDA: one launch over the batch (valid_hw is read on the host).
+    chips as focus_chips gives them. On CUDA: one launch over the batch, one thread block per map (sized
+    for focus maps, ~100 x 130 cells at most), plus one launch that gathers the chips in batch order;
+    valid_hw is checked on the host and the chip count is the one value the host reads.
     """
     p = _array(probs, "probs", (np.float32,), ndim=3)
     _check_cells(p.shape, "probs")
@@ -255,21 +258,17 @@ def focus_chips_batched(probs, valid_hw, threshold: float, dilation: int, min_si
     return _focus_chips(p, valid.astype(np.int32), threshold, dilation, min_size, "probs", probs)
 
 
-def _per_item(value, name: str, count: int, width: int | None, xp, like=None):
-    """A scalar / (width,) parameter or its per-item form (count,) / (count, width), as float64 of xp."""
-    if xp is np:
-        arr = _host_array(value, name)
-    else:
-        import torch
-        arr = value if _is_tensor(value) else torch.as_tensor(_host_array(value, name))
-        arr = arr.to(device=like.device)
-    if not (np.issubdtype(np.dtype(str(arr.dtype).replace("torch.", "")), np.number)):
+def _per_item(value, name: str, count: int, width: int | None) -> np.ndarray:
+    """A scalar / (width,) parameter or its per-item form (count,) / (count, width), as host float64
+    (a CUDA tensor given here is small and read on the host)."""
+    arr = _host_array(value, name)
+    if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)):
         raise TypeError(f"{name}: expected numbers, got dtype {arr.dtype}")
     single = () if width is None else (width,)
     per_item = (count,) if width is None else (count, width)
-    if tuple(arr.shape) not in (single, per_item):
-        raise ValueError(f"{name}: expected shape {single or 'a scalar'} or {per_item}, got {tuple(arr.shape)}")
-    return arr.astype(np.float64) if xp is np else arr.to(dtype=xp.float64)
+    if arr.shape not in (single, per_item):
+        raise ValueError(f"{name}: expected shape {single or 'a scalar'} or {per_item}, got {arr.shape}")
+    return arr.astype(np.float64)
 
 
 def chips_to_image(chips, stride, scale, input_hw, min_size: int, offset=(0, 0)):
@@ -280,41 +279,40 @@ def chips_to_image(chips, stride, scale, input_hw, min_size: int, offset=(0, 0))
     beyond it); where clipping made a side shorter than min(min_size * stride, input side), extend it
     back inside the input (away from the clipped border, never beyond [0, w] / [0, h]); divide by scale;
     add offset = (x0, y0). scale (M,), input_hw (M, 2) and offset (M, 2) may be given per chip.
-    CUDA tensors stay on the GPU.
+    CUDA chips stay on the GPU (computed with torch ops, in float64 like the NumPy path).
     """
     c = _array(chips, "chips", (np.int32, np.int64), ndim=2, last_dim=4)
     stride = _finite_number(stride, "stride", positive=True)
     min_size = _int_at_least(min_size, "min_size", 1)
     count = c.shape[0]
+    scale = _per_item(scale, "scale", count, None).reshape(-1, 1)
+    hw = _per_item(input_hw, "input_hw", count, 2).reshape(-1, 2)
+    offset = _per_item(offset, "offset", count, 2).reshape(-1, 2)
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError(f"scale: expected finite positive values, got {scale.ravel().tolist()}")
+    if not (np.isfinite(hw).all() and (hw > 0).all()):
+        raise ValueError(f"input_hw: expected positive sizes (h, w), got {hw.tolist()}")
+    if not np.isfinite(offset).all():
+        raise ValueError(f"offset: expected finite values, got {offset.tolist()}")
     if _is_cuda(c):
         import torch
-        xp, cells = torch, c.to(torch.float64)
+        xp, px = torch, c.to(torch.float64) * stride
+        scale, hw, offset = (torch.from_numpy(a).to(c.device) for a in (scale, hw, offset))
     else:
-        xp, cells = np, c.astype(np.float64)
-    scale = _per_item(scale, "scale", count, None, xp, c)
-    hw = _per_item(input_hw, "input_hw", count, 2, xp, c)
-    offset = _per_item(offset, "offset", count, 2, xp, c)
-    if not bool((scale > 0).all()) or not bool(xp.isfinite(scale).all()):
-        raise ValueError("scale: expected finite positive values")
-    if not bool((hw > 0).all()) or not bool(xp.isfinite(hw).all()):
-        raise ValueError("input_hw: expected positive sizes (h, w)")
-    if not bool(xp.isfinite(offset).all()):
-        raise ValueError("offset: expected finite values")
-    hw, offset = hw.reshape(-1, 2), offset.reshape(-1, 2)
-    px = cells * stride
-    out = []
+        xp, px = np, c.astype(np.float64) * stride
+    sides = []
     for lo, hi, size in ((px[:, 0], px[:, 2], hw[:, 1]), (px[:, 1], px[:, 3], hw[:, 0])):
-        target = xp.minimum(size * 0 + min_size * stride, size)
-        lo_c = xp.minimum(xp.maximum(lo, size * 0), size)
-        hi_c = xp.minimum(xp.maximum(hi, size * 0), size)
+        zero = size * 0  # torch.minimum/maximum take tensors only: bounds as arrays of size's shape
+        target = xp.minimum(zero + min_size * stride, size)
+        lo_c = xp.minimum(xp.maximum(lo, zero), size)
+        hi_c = xp.minimum(xp.maximum(hi, zero), size)
         short = (hi_c - lo_c) < target
         cut_high, cut_low = hi > size, lo < 0
-        # A side cut at the far border grows back towards 0, one cut at 0 grows towards the far border.
-        lo_new = xp.where(short & cut_high, xp.maximum(hi_c - target, size * 0), lo_c)
-        hi_new = xp.where(short & cut_low & ~cut_high, xp.minimum(lo_c + target, size), hi_c)
-        out += [lo_new, hi_new]
-    x1, x2, y1, y2 = out
-    boxes = xp.stack([x1, y1, x2, y2], 1) / scale.reshape(-1, 1) + xp.concatenate([offset, offset], 1)
+        # A side cut at the far border grows back towards 0, one cut at 0 towards the far border.
+        sides.append(xp.where(short & cut_high, xp.maximum(hi_c - target, zero), lo_c))
+        sides.append(xp.where(short & cut_low & ~cut_high, xp.minimum(lo_c + target, size), hi_c))
+    x1, x2, y1, y2 = sides
+    boxes = xp.stack([x1, y1, x2, y2], 1) / scale + xp.concatenate([offset, offset], 1)
     if xp is np:
         return _same_kind(boxes.astype(np.float32), chips)
     return boxes.to(torch.float32)
@@ -353,6 +351,8 @@ def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to
     else:
         ch = _array(chips, "chips", (np.float32, np.float64), ndim=2, last_dim=4).astype(np.float32)
         sc = _host_array(scales, "scales")
+    if not np.issubdtype(np.dtype(str(sc.dtype).replace("torch.", "")), np.number):
+        raise TypeError(f"scales: expected numbers, got dtype {sc.dtype}")
     count = ch.shape[0]
     if sc.ndim == 0:
         sc = sc.expand(count) if on_cuda else np.full(count, sc)

@@ -31,7 +31,7 @@ def connected_components_reference(mask: np.ndarray):
     return labels.astype(np.int32), np.stack([x, y, x + w, y + h], 1).astype(np.int32).reshape(-1, 4)
 
 
-def _grow_span(lo: int, hi: int, k: int, size: int) -> tuple[int, int]:
+def focus_chips_grow_span(lo: int, hi: int, k: int, size: int) -> tuple[int, int]:
     # DESIGN, Algorithm 1 step 4: grow about the centre (odd extra cell to the high side), shift inward at
     # the border, shrink only when the map itself is smaller than k.
     if hi - lo < k:
@@ -44,13 +44,13 @@ def _grow_span(lo: int, hi: int, k: int, size: int) -> tuple[int, int]:
     return max(lo, 0), hi
 
 
-def _grown_rects(mask: np.ndarray, k: int) -> list[tuple[int, int, int, int]]:
+def focus_chips_grown_rects(mask: np.ndarray, k: int) -> list[tuple[int, int, int, int]]:
     labels, _ = ndimage.label(mask, structure=np.ones((3, 3), int))
     height, width = mask.shape
     rects = []
     for rows, cols in ndimage.find_objects(labels):
-        x1, x2 = _grow_span(cols.start, cols.stop, k, width)
-        y1, y2 = _grow_span(rows.start, rows.stop, k, height)
+        x1, x2 = focus_chips_grow_span(cols.start, cols.stop, k, width)
+        y1, y2 = focus_chips_grow_span(rows.start, rows.stop, k, height)
         rects.append((x1, y1, x2, y2))
     return rects
 
@@ -62,12 +62,12 @@ def focus_chips_reference(prob: np.ndarray, threshold: float, dilation: int, min
     if not binary.any():
         return np.zeros((0, 4), np.int32)
     mask = ndimage.binary_dilation(binary, structure=np.ones((dilation, dilation), bool), border_value=0)
-    rects = _grown_rects(mask, min_size)
+    rects = focus_chips_grown_rects(mask, min_size)
     while True:
         painted = np.zeros(prob.shape, bool)
         for x1, y1, x2, y2 in rects:
             painted[y1:y2, x1:x2] = True
-        merged = _grown_rects(painted, min_size)
+        merged = focus_chips_grown_rects(painted, min_size)
         if len(merged) == len(rects):
             break
         rects = merged
@@ -99,7 +99,7 @@ def chips_to_image_reference(chips, stride, scale, input_hw, min_size, offset=(0
     return np.array(out, np.float64).reshape(-1, 4).astype(np.float32)
 
 
-def _crop_sizes(chips: np.ndarray, scales: np.ndarray):
+def crop_resize_sizes(chips: np.ndarray, scales: np.ndarray):
     chips = np.asarray(chips, np.float32)
     scales = np.asarray(scales, np.float32)
     oh = np.floor((chips[:, 3] - chips[:, 1]) * scales + np.float32(0.5)).astype(int)
@@ -107,7 +107,7 @@ def _crop_sizes(chips: np.ndarray, scales: np.ndarray):
     return oh, ow
 
 
-def _normalise(pixels: np.ndarray, mean, std, bgr_to_rgb: bool) -> np.ndarray:
+def crop_resize_normalise(pixels: np.ndarray, mean, std, bgr_to_rgb: bool) -> np.ndarray:
     """(..., 3) float pixels in input channel order -> (3, ...) normalised, output channel order."""
     if bgr_to_rgb:
         pixels = pixels[..., ::-1]
@@ -122,7 +122,7 @@ def crop_resize_reference(image, chips, scales, out_hw, mean, std, bgr_to_rgb=Tr
     scales = np.broadcast_to(np.asarray(scales, np.float32), (len(chips),))
     height, width = image.shape[:2]
     out = np.zeros((len(chips), 3) + tuple(out_hw))
-    for m, ((x1, y1, _, _), s, oh, ow) in enumerate(zip(chips, scales, *_crop_sizes(chips, scales))):
+    for m, ((x1, y1, _, _), s, oh, ow) in enumerate(zip(chips, scales, *crop_resize_sizes(chips, scales))):
         sx = np.clip(float(x1) + (np.arange(ow) + 0.5) / float(s) - 0.5, 0, width - 1)
         sy = np.clip(float(y1) + (np.arange(oh) + 0.5) / float(s) - 0.5, 0, height - 1)
         x0, y0 = np.floor(sx).astype(int), np.floor(sy).astype(int)
@@ -130,7 +130,7 @@ def crop_resize_reference(image, chips, scales, out_hw, mean, std, bgr_to_rgb=Tr
         fx, fy = (sx - x0)[None, :, None], (sy - y0)[:, None, None]
         top = image[y0][:, x0] * (1 - fx) + image[y0][:, x1i] * fx
         bottom = image[y1i][:, x0] * (1 - fx) + image[y1i][:, x1i] * fx
-        out[m, :, :oh, :ow] = _normalise(top * (1 - fy) + bottom * fy, mean, std, bgr_to_rgb)
+        out[m, :, :oh, :ow] = crop_resize_normalise(top * (1 - fy) + bottom * fy, mean, std, bgr_to_rgb)
     return out
 
 
@@ -141,12 +141,12 @@ def crop_resize_warp_affine_reference(image, chips, scales, out_hw, mean, std, b
     chips = np.asarray(chips, np.float32).reshape(-1, 4)
     scales = np.broadcast_to(np.asarray(scales, np.float32), (len(chips),))
     out = np.zeros((len(chips), 3) + tuple(out_hw))
-    for m, ((x1, y1, _, _), s, oh, ow) in enumerate(zip(chips, scales, *_crop_sizes(chips, scales))):
+    for m, ((x1, y1, _, _), s, oh, ow) in enumerate(zip(chips, scales, *crop_resize_sizes(chips, scales))):
         s, x1, y1 = float(s), float(x1), float(y1)
         inverse = np.array([[1 / s, 0, x1 + 0.5 / s - 0.5], [0, 1 / s, y1 + 0.5 / s - 0.5]])
         warped = cv2.warpAffine(image, inverse, (int(ow), int(oh)), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                 borderMode=cv2.BORDER_REPLICATE)
-        out[m, :, :oh, :ow] = _normalise(warped.astype(np.float64), mean, std, bgr_to_rgb)
+        out[m, :, :oh, :ow] = crop_resize_normalise(warped.astype(np.float64), mean, std, bgr_to_rgb)
     return out
 
 
@@ -158,7 +158,7 @@ def crop_resize_cv2_resize_reference(image, chip, out_hw_chip, slot_hw, mean, st
     oh, ow = out_hw_chip
     resized = cv2.resize(crop, (ow, oh), interpolation=cv2.INTER_LINEAR).reshape(oh, ow, 3)
     out = np.zeros((3,) + tuple(slot_hw))
-    out[:, :oh, :ow] = _normalise(resized.astype(np.float64), mean, std, bgr_to_rgb)
+    out[:, :oh, :ow] = crop_resize_normalise(resized.astype(np.float64), mean, std, bgr_to_rgb)
     return out
 
 

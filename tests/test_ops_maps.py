@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from runtime import ops
-from tests.conftest import DEVICES, needs_cuda
-from tests.reference import (
+from conftest import DEVICES, needs_cuda
+from reference import (
     chips_to_image_reference,
     connected_components_reference,
     crop_resize_cv2_resize_reference,
@@ -470,6 +470,16 @@ class TestChipsToImage:
             ops.chips_to_image(chips, 16, 1.0, (10, 10), 4, offset=(np.nan, 0))
         with pytest.raises(ValueError, match="^min_size:"):
             ops.chips_to_image(chips, 16, 1.0, (10, 10), 0)
+        with pytest.raises(TypeError, match="^scale:"):
+            ops.chips_to_image(chips, 16, ["a"], (10, 10), 4)
+
+    def test_per_chip_parameters_as_tensors(self):
+        chips = torch.tensor([[0, 0, 4, 4], [2, 2, 8, 8]], dtype=torch.int32)
+        scale, hw, offset = torch.tensor([1.0, 2.0]), torch.tensor([[50, 60], [100, 120]]), torch.tensor([[1.0, 2], [3, 4]])
+        out = ops.chips_to_image(chips, 16, scale, hw, 4, offset)
+        assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+        np.testing.assert_allclose(out.numpy(), chips_to_image_reference(chips.numpy(), 16, scale.numpy(), hw.numpy(), 4,
+                                                                         offset.numpy()), rtol=1e-6)
 
     @needs_cuda
     @pytest.mark.cuda
@@ -590,6 +600,8 @@ class TestCropResize:
             ops.crop_resize(image, chips, 1.0, (8, 8), MEAN, (0.2, 0.0, 0.2))
         with pytest.raises(ValueError, match="^mean:"):
             ops.crop_resize(image, chips, 1.0, (8, 8), (0.5, 0.5), STD)
+        with pytest.raises(TypeError, match="^scales:"):
+            ops.crop_resize(image, chips, "2", (8, 8), MEAN, STD)
         with pytest.raises(ValueError, match="^dtype:"):
             ops.crop_resize(image, chips, 1.0, (8, 8), MEAN, STD, dtype="int8")
 

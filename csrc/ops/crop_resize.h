@@ -26,15 +26,16 @@ AF_HD CropTap crop_tap(float start, int index, float scale, int size) {
   return CropTap{i0, i1, src - static_cast<float>(i0)};
 }
 
-// Bilinear value of channel c (0..2) at taps (ty, tx) of an interleaved width x 3 uint8 image.
+AF_HD float crop_lerp(float a, float b, float frac) { return a + frac * (b - a); }
+
+// Bilinear value of channel c (0..2) at taps (ty, tx) of an interleaved width x 3 uint8 image: along x
+// on both rows, then along y (the CPU kernel does the same two steps row by row).
 AF_HD float crop_bilinear(const uint8_t* image, int width, CropTap ty, CropTap tx, int c) {
   const int64_t row0 = static_cast<int64_t>(ty.i0) * width * 3;
   const int64_t row1 = static_cast<int64_t>(ty.i1) * width * 3;
-  const float p00 = image[row0 + tx.i0 * 3 + c], p01 = image[row0 + tx.i1 * 3 + c];
-  const float p10 = image[row1 + tx.i0 * 3 + c], p11 = image[row1 + tx.i1 * 3 + c];
-  const float top = p00 + tx.frac * (p01 - p00);
-  const float bottom = p10 + tx.frac * (p11 - p10);
-  return top + ty.frac * (bottom - top);
+  const float top = crop_lerp(image[row0 + tx.i0 * 3 + c], image[row0 + tx.i1 * 3 + c], tx.frac);
+  const float bottom = crop_lerp(image[row1 + tx.i0 * 3 + c], image[row1 + tx.i1 * 3 + c], tx.frac);
+  return crop_lerp(top, bottom, ty.frac);
 }
 
 // Normalisation folded into one multiply-add per channel: (p / 255 - mean) / std = p * gain + bias.
