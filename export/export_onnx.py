@@ -65,9 +65,10 @@ def _deploy(model: torch.nn.Module) -> ContractOutputs:
 
 def _dynamic_dims():
     batch = torch.export.Dim("batch", min=1, max=1024)
-    # Multiplier-style constraints: H and W are 32 * an integer, as the contract requires.
-    h32 = torch.export.Dim("h32", min=1, max=MAX_SIDE_CELLS)
-    w32 = torch.export.Dim("w32", min=1, max=MAX_SIDE_CELLS)
+    # Multiplier-style constraints: H and W are 32 * an integer, as the contract requires. At least
+    # 64 px: at 32 px the stride-32 map is 1 x 1 and torch.export specialises that case away.
+    h32 = torch.export.Dim("h32", min=2, max=MAX_SIDE_CELLS)
+    w32 = torch.export.Dim("w32", min=2, max=MAX_SIDE_CELLS)
     return {"image": {0: batch, 2: SIZE_DIVISOR * h32, 3: SIZE_DIVISOR * w32}}
 
 
@@ -149,12 +150,23 @@ def export_torch_program(model: torch.nn.Module, path: str | os.PathLike) -> Pat
 
 # ------------------------------------------------------------------------------------------- parity
 
+def _check_shapes(shapes) -> list[tuple]:
+    out = []
+    for shape in shapes:
+        shape = tuple(int(s) for s in shape)
+        if (len(shape) != 4 or shape[1] != 3 or shape[0] < 1 or min(shape[2:]) < 2 * SIZE_DIVISOR
+                or shape[2] % SIZE_DIVISOR or shape[3] % SIZE_DIVISOR):
+            raise ValueError(f"shapes: expected (N, 3, H, W) with H, W multiples of {SIZE_DIVISOR}, at least "
+                             f"{2 * SIZE_DIVISOR}, got {shape}")
+        out.append(shape)
+    if not out:
+        raise ValueError("shapes: expected at least one input shape")
+    return out
+
+
 def _parity_inputs(shapes, seed: int):
     gen = torch.Generator().manual_seed(seed)
     for shape in shapes:
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 4 or shape[1] != 3 or shape[2] % SIZE_DIVISOR or shape[3] % SIZE_DIVISOR:
-            raise ValueError(f"shapes: expected (N, 3, H, W) with H, W multiples of {SIZE_DIVISOR}, got {shape}")
         # Normalised images are roughly unit-variance; a smooth field plus noise gives scores with
         # real structure (distinct peaks) rather than white noise.
         n, _, h, w = shape
@@ -242,6 +254,7 @@ def check_parity(model: torch.nn.Module, onnx_path: str | os.PathLike, shapes=PA
     `shapes`; returns {output: max abs error over all shapes, 'scores_tie_flips': count, 'shapes': n}.
     Raises ParityError naming the output that exceeds `tolerance` (default 1e-4)."""
     import onnxruntime as ort
+    shapes = _check_shapes(shapes)
     model = _deploy(model).model
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -267,6 +280,7 @@ def check_fp16_parity(model: torch.nn.Module, onnx_fp16_path: str | os.PathLike,
 def check_torch_program_parity(model: torch.nn.Module, pt2_path: str | os.PathLike, shapes=PARITY_SHAPES,
                                tolerance=FP32_TOLERANCE, seed: int = 0) -> dict:
     """torch.export.load(pt2_path).module() against the eager model on every shape in `shapes`."""
+    shapes = _check_shapes(shapes)
     model = _deploy(model).model
     program = torch.export.load(str(pt2_path)).module()
     reports = []
