@@ -1,0 +1,235 @@
+"""Checkpoint -> deployable bundle (docs: DESIGN.md "bundle"; schema: runtime/bundle.py).
+
+    python export/build_engine.py                     # model/checkpoints/default.pt -> bundles/default/
+    python export/build_engine.py --random-init --out /tmp/b      # no trained model needed
+    python export/build_engine.py --precision fp16 --max-batch 4 --workspace 4096
+
+Steps: load the network; export model.onnx (fp32) and check it against PyTorch under onnxruntime
+(max abs error <= 1e-4 per output); convert to model_fp16.onnx (fp32 I/O) and check it with the fp16
+bar; torch.export to model.pt2 and check its round trip; build a TensorRT engine with one
+optimization profile per chip bucket where TensorRT and a GPU exist; write bundle.json with the
+checksums of every artefact. The bundle is assembled in a temporary folder next to --out and moved
+into place only when every step passed, so a failed build never leaves a half bundle behind.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if not __package__:
+    # Run as `python export/build_engine.py` (the documented command): this checkout's packages must
+    # win over any installed copy, so the repository root goes first. No effect under `-m` or import.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export import buckets as bucket_rules  # noqa: E402
+from export import export_onnx as exporter  # noqa: E402
+from runtime.bundle import Bundle, load_bundle, write_bundle  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = REPO_ROOT / "model" / "checkpoints" / "default.pt"
+DEFAULT_OUT = REPO_ROOT / "bundles" / "default"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None when an engine can be built here, else why not ("tensorrt is not installed" / "no CUDA GPU")."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "tensorrt is not installed"
+    import torch
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    return None
+
+
+def load_network(checkpoint=DEFAULT_CHECKPOINT, random_init: bool = False, seed: int = 0):
+    """(model in deploy mode, config dict with "classes"). random_init: the default configuration's
+    network with random weights (seeded), for tests and before a trained model exists."""
+    import torch
+    if random_init:
+        from model.config import default_config
+        from model.network import build_model
+        config = default_config()
+        if "classes" not in config:
+            try:
+                from model.synth import CLASSES
+                config["classes"] = list(CLASSES)
+            except ImportError:
+                config["classes"] = ["object"]
+        torch.manual_seed(seed)
+        return build_model(config, len(config["classes"])).deploy(), config
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(
+            f"checkpoint: {checkpoint} does not exist; train one (`python -m model.train`, then copy "
+            f"runs/default/final.pt to {DEFAULT_CHECKPOINT}), pass --checkpoint PATH, or use --random-init")
+    from model.train import load_model
+    model, config = load_model(checkpoint)  # raises ValueError naming the file when it is unreadable
+    return model.deploy(), config
+
+
+def cascade_parameters(config: dict) -> dict:
+    """Bundle fields (scales, valid ranges, chip/soft-NMS parameters, input normalisation) from the
+    model configuration where it sets them; the Bundle's defaults (DESIGN.md) otherwise."""
+    fields = {}
+    inp = config.get("input", {})
+    if "mean_rgb" in inp and "std_rgb" in inp:
+        fields["input"] = {**Bundle(classes=["x"], buckets=[], max_batch=[]).input,
+                           "mean": list(inp["mean_rgb"]), "std": list(inp["std_rgb"]),
+                           "size_divisor": int(inp.get("size_divisor", 32))}
+    net = config.get("network", {})
+    if "det_stride" in net and "focus_stride" in net:
+        fields["strides"] = {"detection": int(net["det_stride"]), "focus": int(net["focus_stride"])}
+    inf = config.get("inference", {})
+    if "test_scales" in inf:
+        fields["scales"] = [list(map(int, s)) for s in inf["test_scales"]]
+    if "test_valid_ranges" in inf:  # the config writes "no upper bound" as -1
+        fields["valid_ranges"] = [[lo, None if hi is None or hi < 0 else hi] for lo, hi in inf["test_valid_ranges"]]
+    if "chip_params" in inf:  # [dilation, threshold, min_size] per transition, as in the authors' config
+        fields["chip_params"] = [{"threshold": float(t), "dilation": int(d), "min_size": int(k)}
+                                 for d, t, k in inf["chip_params"]]
+    if "soft_nms_sigma" in inf:
+        fields["soft_nms"] = {**Bundle(classes=["x"], buckets=[], max_batch=[]).soft_nms,
+                              "sigma": float(inf["soft_nms_sigma"])}
+    if "max_detections" in inf:
+        fields["max_detections"] = int(inf["max_detections"])
+    return fields
+
+
+def parse_buckets(text: str | None, scales, chip_params) -> list[tuple[int, int]]:
+    """--buckets: None/"default" -> the default set for these scales; else "HxW,HxW,..." (multiples of 32)."""
+    if text is None or text == "default":
+        return bucket_rules.default_buckets(scales, chip_params)
+    out = []
+    for item in text.split(","):
+        try:
+            h, w = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--buckets: expected HxW,HxW,... (e.g. 512x512,800x1280), got {item!r}") from None
+        if h <= 0 or w <= 0 or h % 32 or w % 32:
+            raise ValueError(f"--buckets: {item} must have positive sides that are multiples of 32")
+        out.append((h, w))
+    return sorted(set(out), key=lambda b: (b[0] * b[1], b[0], b[1]))
+
+
+def build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=DEFAULT_OUT, precision: str = "fp32", buckets=None,
+                 max_batch: int = 8, workspace_mib: int = 2048, random_init: bool = False, seed: int = 0,
+                 parity_shapes=exporter.PARITY_SHAPES, timing_cache=None, log=print) -> Bundle:
+    """Runs every step (see the module docstring) and returns the Bundle as load_bundle reads it."""
+    if precision == "int8":
+        raise ValueError("precision: int8 needs explicit quantization (calibrated QuantizeLinear/"
+                         "DequantizeLinear nodes in the ONNX, e.g. from a Q/DQ-aware export); it is not "
+                         "supported yet: use fp32 or fp16")
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision: expected fp32 or fp16, got {precision!r}")
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch: expected an int >= 1, got {max_batch!r}")
+    start = time.perf_counter()
+    out = Path(out)
+    steps = 7
+
+    def step(i, text):
+        log(f"[{i}/{steps}] {text} ({time.perf_counter() - start:.1f} s)")
+
+    step(1, f"loading {'a randomly initialised network' if random_init else checkpoint}")
+    model, config = load_network(checkpoint, random_init, seed)
+    classes = list(config["classes"])
+    params = cascade_parameters(config)
+    defaults = Bundle(classes=classes, buckets=[], max_batch=[])
+    scales = params.get("scales", defaults.scales)
+    chip_params = params.get("chip_params", defaults.chip_params)
+    bucket_list = parse_buckets(buckets, scales, chip_params) if not isinstance(buckets, (list, tuple)) \
+        else parse_buckets(",".join(f"{h}x{w}" for h, w in buckets), scales, chip_params)
+    batches = bucket_rules.max_batch_per_bucket(bucket_list, max_batch)
+
+    work = out.parent / f".{out.name}.building"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    try:
+        step(2, "exporting model.onnx (dynamic batch/height/width)")
+        exporter.export_onnx(model, work / "model.onnx")
+        step(3, f"checking model.onnx against PyTorch on {len(parity_shapes)} shapes (onnxruntime CPU)")
+        parity = {"onnx_fp32": exporter.check_parity(model, work / "model.onnx", parity_shapes)}
+        log(f"      max abs error: {_fmt(parity['onnx_fp32'])}")
+        step(4, "converting to model_fp16.onnx (fp32 I/O) and checking it")
+        exporter.export_onnx_fp16(work / "model.onnx", work / "model_fp16.onnx")
+        parity["onnx_fp16"] = exporter.check_fp16_parity(model, work / "model_fp16.onnx", parity_shapes)
+        log(f"      max error (ltrb relative): {_fmt(parity['onnx_fp16'])}")
+        step(5, "torch.export to model.pt2 and checking its round trip")
+        exporter.export_torch_program(model, work / "model.pt2")
+        parity["torch_program"] = exporter.check_torch_program_parity(model, work / "model.pt2", parity_shapes[:2])
+        step(6, "TensorRT engine")
+        engines, versions = [], {}
+        reason = tensorrt_unavailable_reason()
+        if reason is None:
+            from export import tensorrt_build
+            plan = f"model_{precision}.plan"
+            onnx_file = work / ("model_fp16.onnx" if precision == "fp16" else "model.onnx")
+            cache = Path(timing_cache) if timing_cache is not None else out.parent / "timing_cache.bin"
+            info = tensorrt_build.build_engine(onnx_file, work / plan, bucket_list, batches, workspace_mib,
+                                               cache, log=log)
+            tensorrt_build.check_plan(work / plan)
+            engines.append({"file": plan, "precision": precision, "onnx": onnx_file.name, **info})
+            versions["tensorrt"] = info["tensorrt"]
+        else:
+            log(f"      no TensorRT engine built: {reason} (the bundle runs with onnxruntime or torch)")
+        step(7, "writing bundle.json")
+        sizes = bucket_rules.rule_sizes(scales, chip_params)
+        build = {"checkpoint": None if random_init else str(Path(checkpoint).resolve()),
+                 "random_init": bool(random_init), "seed": seed if random_init else None,
+                 "buckets": "explicit" if buckets not in (None, "default") else "default",
+                 # Waste over a uniform grid of the chip sizes the rules allow (pessimistic: real chips
+                 # cluster near the minimum size; see export/buckets.py for the ground-truth figure).
+                 "padding_waste_uniform_chip_grid": round(bucket_rules.padding_waste(sizes, bucket_list), 4),
+                 "seconds": None, "gpu": engines[0]["gpu"] if engines else None}
+        build["seconds"] = round(time.perf_counter() - start, 1)
+        write_bundle(work, classes=classes, buckets=bucket_list, max_batch=batches, precision=precision,
+                     engines=engines, parity=parity, build=build, versions=versions, **params)
+        load_bundle(work)  # what the runtime will do: fail here rather than there
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
+    bundle = load_bundle(out)
+    log(f"bundle written to {out} in {time.perf_counter() - start:.1f} s: {len(bucket_list)} buckets, "
+        f"artefacts {', '.join(bundle.artefacts)}")
+    return bundle
+
+
+def _fmt(report: dict) -> str:
+    return ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python export/build_engine.py",
+                                description="Build the deployable bundle (ONNX, fp16 ONNX, model.pt2, "
+                                            "TensorRT engines where possible, bundle.json).")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="trained weights (model.train)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="bundle folder (replaced when the build succeeds)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="engine precision (int8: not yet)")
+    p.add_argument("--buckets", default="default", help='"default" or HxW,HxW,... chip buckets')
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="largest batch of a 512x512 bucket; bigger buckets get proportionally fewer (>= 1)")
+    p.add_argument("--workspace", type=int, default=2048, help="TensorRT workspace limit in MiB")
+    p.add_argument("--timing-cache", type=Path, default=None, help="default: <out>/../timing_cache.bin")
+    p.add_argument("--random-init", action="store_true", help="random weights instead of a checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random-init")
+    args = p.parse_args(argv)
+    try:
+        build_bundle(args.checkpoint, args.out, args.precision, args.buckets, args.max_batch, args.workspace,
+                     args.random_init, args.seed, timing_cache=args.timing_cache)
+    except (ValueError, FileNotFoundError, RuntimeError, AssertionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
