@@ -19,14 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-if not __package__:
-    # Run as `python export/build_engine.py` (the documented command): this checkout's packages must
-    # win over any installed copy, so the repository root goes first. No effect under `-m` or import.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from export import buckets as bucket_rules  # noqa: E402
-from export import export_onnx as exporter  # noqa: E402
-from runtime.bundle import Bundle, load_bundle, write_bundle  # noqa: E402
+from export import buckets as bucket_rules
+from export import export_onnx as exporter
+from runtime.bundle import Bundle, load_bundle, write_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "model" / "checkpoints" / "default.pt"
@@ -84,19 +79,12 @@ def cascade_parameters(config: dict) -> dict:
     net = config.get("network", {})
     if "det_stride" in net and "focus_stride" in net:
         fields["strides"] = {"detection": int(net["det_stride"]), "focus": int(net["focus_stride"])}
-    inf = config.get("inference", {})
-    if "test_scales" in inf:
-        fields["scales"] = [list(map(int, s)) for s in inf["test_scales"]]
-    if "test_valid_ranges" in inf:  # the config writes "no upper bound" as -1
-        fields["valid_ranges"] = [[lo, None if hi is None or hi < 0 else hi] for lo, hi in inf["test_valid_ranges"]]
-    if "chip_params" in inf:  # [dilation, threshold, min_size] per transition, as in the authors' config
-        fields["chip_params"] = [{"threshold": float(t), "dilation": int(d), "min_size": int(k)}
-                                 for d, t, k in inf["chip_params"]]
-    if "soft_nms_sigma" in inf:
-        fields["soft_nms"] = {**Bundle(classes=["x"], buckets=[], max_batch=[]).soft_nms,
-                              "sigma": float(inf["soft_nms_sigma"])}
-    if "max_detections" in inf:
-        fields["max_detections"] = int(inf["max_detections"])
+    # Inference parameters are not training parameters: they come from the repository's current
+    # model/configs/default.json "inference" section (same names as the bundle), not the checkpoint's.
+    from model.config import load_config
+    inference = load_config()["inference"]
+    for key in ("scales", "valid_ranges", "chip_params", "decode", "soft_nms", "max_detections"):
+        fields[key] = inference[key]
     return fields
 
 
