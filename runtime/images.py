@@ -46,7 +46,9 @@ def _read(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     data = np.frombuffer(path.read_bytes(), np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    # Any depth (16-bit kept, then scaled), any colour layout (gray kept, alpha dropped); EXIF orientation
+    # applied, as model.data.read_image (IMREAD_COLOR) does, so boxes refer to the same pixels.
+    image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
     if image is None:
         raise ValueError(f"{path}: not a readable image (corrupt, empty or unsupported format)")
     return image

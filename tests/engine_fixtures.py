@@ -29,23 +29,9 @@ def build_test_bundle(folder):
     from runtime.bundle import load_bundle, write_bundle
     if (folder / "bundle.json").is_file():
         return load_bundle(folder)
-    import export.build_engine as build_engine
-
-    load_network = build_engine.load_network
-
-    def network_without_inference_section(*args, **kwargs):
-        # The random-init config's "inference" section uses names export/build_engine.py does not parse
-        # yet (chip_params as dicts); without it the bundle gets DESIGN.md's defaults, replaced below.
-        model, config = load_network(*args, **kwargs)
-        return model, {k: v for k, v in config.items() if k != "inference"}
-
-    build_engine.load_network = network_without_inference_section
-    try:
-        bundle = build_engine.build_bundle(random_init=True, seed=SEED, out=folder, buckets=TEST_BUCKETS,
-                                           max_batch=2, parity_shapes=((1, 3, 64, 96), (2, 3, 96, 64)),
-                                           log=lambda *a: None)
-    finally:
-        build_engine.load_network = load_network
+    from export.build_engine import build_bundle
+    bundle = build_bundle(random_init=True, seed=SEED, out=folder, buckets=TEST_BUCKETS, max_batch=2,
+                          parity_shapes=((1, 3, 64, 96), (2, 3, 96, 64)), log=lambda *a: None)
     fields = {k: v for k, v in bundle.to_dict().items()
               if k not in ("classes", "buckets", "max_batch", "precision", "artefacts")}
     fields.update(scales=TEST_SCALES, valid_ranges=TEST_VALID_RANGES, chip_params=TEST_CHIP_PARAMS)
