@@ -2,7 +2,6 @@
 returns valid Detections; "sniper" and "single" equal model/evaluate.py's whole-image computation on the
 same network; overrides; detect_batch; image conversions and every bad input; the CLI."""
 import json
-import math
 
 import cv2
 import numpy as np
@@ -291,6 +290,14 @@ def test_cli_writes_coco_results_and_drawings(bundle, images, tmp_path, capsys):
     for p in paths:
         drawn = cv2.imread(str(tmp_path / "viz" / f"{p.stem}.png"))
         assert drawn is not None and drawn.shape == cv2.imread(str(p)).shape
+    ids = tmp_path / "ids.json"
+    ids.write_text(json.dumps({"images": [{"id": 7, "file_name": "images/val_0.png"}],
+                               "categories": [{"id": 10 + i, "name": c} for i, c in enumerate(bundle.classes)]}))
+    assert main([str(paths[0]), "--bundle", str(bundle.folder), "--mode", "sniper", "--out", str(out),
+                 "--annotations", str(ids)]) == 0
+    results = json.loads(out.read_text())
+    assert {r["image_id"] for r in results} == {7}
+    assert [r["category_id"] for r in results] == (want.labels + 10).tolist()
     assert main([str(tmp_path / "missing.png"), "--bundle", str(bundle.folder)]) == 1
     assert "missing.png" in capsys.readouterr().err
 

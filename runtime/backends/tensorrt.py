@@ -53,7 +53,9 @@ class Backend:
 
     def load(self):
         import tensorrt as trt
-        info = self.bundle.engines[0]
+        # The engine of the bundle's precision where there are several.
+        info = next((e for e in self.bundle.engines if e.get("precision") == self.bundle.precision),
+                    self.bundle.engines[0])
         plan = self.bundle.path(info["file"])
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
