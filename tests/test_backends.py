@@ -8,15 +8,10 @@ import pytest
 import torch
 
 from conftest import needs_cuda
-from engine_fixtures import SEED, shared_bundle
+from engine_fixtures import SEED
 from runtime import backends
 
 OUTPUTS = ("scores", "ltrb", "focus")
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return shared_bundle(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from export.buckets import (DEFAULT_SCALES, MAX_BUCKETS, assign_bucket, cascade_input_sizes,
+from export.buckets import (MAX_BUCKETS, assign_bucket, cascade_input_sizes,
                             default_buckets, make_buckets, max_batch_per_bucket, padding_waste)
 
 # DESIGN.md, restated independently of the module: scales and min chip sizes (px at the coarser scale).

@@ -8,22 +8,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engine_fixtures import TEST_SCALES, ceil_to, resized, scale_factor, shared_bundle, val_images
+from engine_fixtures import TEST_SCALES, ceil_to, resized, scale_factor, val_images
 from reference import chips_to_image_reference, focus_chips_reference, stack_prune_reference
 from runtime import cascade, ops
-from runtime.engine import AutoFocusEngine
 from runtime.params import bundle_values, resolve
 from runtime.stats import RunStats
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return shared_bundle(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def engine(bundle):
-    return AutoFocusEngine(bundle, backend="onnxruntime")
 
 
 @pytest.fixture(scope="module")

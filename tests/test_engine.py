@@ -10,21 +10,11 @@ import pytest
 import torch
 
 from conftest import needs_cuda
-from engine_fixtures import TEST_SCALES, shared_bundle, val_images
+from engine_fixtures import TEST_SCALES, val_images
 from runtime import AutoFocusEngine, Detections
 from runtime.bundle import BundleError
 
 OUTPUTS = ("scores", "ltrb", "focus")
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return shared_bundle(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def engine(bundle):
-    return AutoFocusEngine(bundle, backend="onnxruntime")
 
 
 @pytest.fixture(scope="module")

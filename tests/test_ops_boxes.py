@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import DEVICES, needs_cuda
+from conftest import DEVICES, from_device, on_device
 from reference import (_iou_matrix64, decode_reference, nms_reference, soft_nms_reference,
                        stack_prune_reference, top_k_reference)
 from runtime import ops
@@ -19,21 +19,6 @@ HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChec
 
 # ---- helpers -------------------------------------------------------------------------------------
 
-def put(x, device):
-    """A NumPy array as the kind the device stands for."""
-    if x is None or device == "numpy":
-        return x
-    t = torch.from_numpy(np.ascontiguousarray(x))
-    return t.cuda() if device == "cuda" else t
-
-
-def get(x, device):
-    """Back to NumPy, checking the kind: NumPy in -> NumPy out, torch in -> torch out on the same device."""
-    if device == "numpy":
-        assert isinstance(x, np.ndarray)
-        return x
-    assert isinstance(x, torch.Tensor) and x.device.type == device
-    return x.cpu().numpy()
 
 
 def random_boxes(rng, n, extent=100.0, max_size=40.0, clusters=None):
@@ -87,9 +72,9 @@ def compare_soft_nms(keep, scores, ref_keep, ref_scores, score_threshold, tol=2e
 
 class TestDecode:
     def check(self, device, scores, ltrb, **kw):
-        kw_dev = {k: put(v, device) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
-        out = ops.decode(put(scores, device), put(ltrb, device), **kw_dev)
-        boxes, sc, labels, batch = (get(o, device) for o in out)
+        kw_dev = {k: on_device(v, device) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+        out = ops.decode(on_device(scores, device), on_device(ltrb, device), **kw_dev)
+        boxes, sc, labels, batch = (from_device(o, device) for o in out)
         assert boxes.dtype == np.float32 and sc.dtype == np.float32
         assert labels.dtype == np.int32 and batch.dtype == np.int32
         ref = decode_reference(scores, ltrb, **kw)
@@ -127,10 +112,10 @@ class TestDecode:
         scores[0, 1, 0, 0] = 0.2  # below
         ltrb = np.ones((1, 4, 2, 3), np.float32)
         ltrb[0, :, 1, 2] = [4, 2, 6, 8]
-        out = ops.decode(put(scores, device), put(ltrb, device), score_threshold=0.25,
-                         scales=put(np.array([2], np.float32), device),
-                         offsets=put(np.array([[100, 50]], np.float32), device))
-        boxes, sc, labels, batch = (get(o, device) for o in out)
+        out = ops.decode(on_device(scores, device), on_device(ltrb, device), score_threshold=0.25,
+                         scales=on_device(np.array([2], np.float32), device),
+                         offsets=on_device(np.array([[100, 50]], np.float32), device))
+        boxes, sc, labels, batch = (from_device(o, device) for o in out)
         np.testing.assert_array_equal(labels, [0, 1])
         np.testing.assert_array_equal(batch, [0, 0])
         np.testing.assert_allclose(sc, [0.9, 0.9])
@@ -143,7 +128,7 @@ class TestDecode:
         rng = np.random.default_rng(2)
         scores = rng.uniform(0.1, 1, (3, 2, 8, 8)).astype(np.float32)
         ltrb = rng.uniform(0, 5, (3, 4, 8, 8)).astype(np.float32)
-        _, sc, _, batch = (get(o, device) for o in ops.decode(put(scores, device), put(ltrb, device),
+        _, sc, _, batch = (from_device(o, device) for o in ops.decode(on_device(scores, device), on_device(ltrb, device),
                                                               max_candidates=5))
         np.testing.assert_array_equal(batch, np.repeat([0, 1, 2], 5))
         for i in range(3):
@@ -154,7 +139,7 @@ class TestDecode:
         for shape in [(0, 3, 4, 4), (2, 3, 0, 4)]:
             scores = np.zeros(shape, np.float32)
             ltrb = np.zeros((shape[0], 4) + shape[2:], np.float32)
-            boxes, sc, labels, batch = (get(o, device) for o in ops.decode(put(scores, device), put(ltrb, device)))
+            boxes, sc, labels, batch = (from_device(o, device) for o in ops.decode(on_device(scores, device), on_device(ltrb, device)))
             assert boxes.shape == (0, 4) and sc.shape == labels.shape == batch.shape == (0,)
             assert labels.dtype == np.int32 and batch.dtype == np.int32 and boxes.dtype == np.float32
 
@@ -197,7 +182,7 @@ class TestNMS:
             if near_iou_threshold(boxes, thr):
                 skipped += 1
                 continue
-            keep = get(ops.nms(put(boxes, device), put(scores, device), thr, labels=put(labels, device)), device)
+            keep = from_device(ops.nms(on_device(boxes, device), on_device(scores, device), thr, labels=on_device(labels, device)), device)
             assert keep.dtype == np.int64
             np.testing.assert_array_equal(keep, nms_reference(boxes, scores, thr, labels))
             kept += len(keep)
@@ -210,7 +195,7 @@ class TestNMS:
         for delta, suppressed in [(1e-3, True), (-1e-3, False)]:
             h = 10 * (threshold + delta)
             boxes = np.array([[0, 0, 10, 10], [0, 0, 10, h]], np.float32)
-            keep = get(ops.nms(put(boxes, device), put(np.array([0.9, 0.8], np.float32), device), threshold), device)
+            keep = from_device(ops.nms(on_device(boxes, device), on_device(np.array([0.9, 0.8], np.float32), device), threshold), device)
             np.testing.assert_array_equal(keep, [0] if suppressed else [0, 1])
 
     @pytest.mark.parametrize("device", DEVICES)
@@ -220,7 +205,7 @@ class TestNMS:
         scores = random_scores(rng, 2000, ties=True)
         for labels in [None, np.zeros(2000, np.int64), np.arange(2000, dtype=np.int32),
                        rng.integers(0, 5, 2000).astype(np.int32)]:
-            keep = get(ops.nms(put(boxes, device), put(scores, device), 0.5, labels=put(labels, device)), device)
+            keep = from_device(ops.nms(on_device(boxes, device), on_device(scores, device), 0.5, labels=on_device(labels, device)), device)
             if labels is not None and len(np.unique(labels)) == 2000:  # all distinct: nothing suppressed
                 np.testing.assert_array_equal(keep, top_k_reference(scores, 2000))
             elif not near_iou_threshold(boxes, 0.5):
@@ -286,8 +271,8 @@ class TestSoftNMS:
                       iou_threshold=float(rng.uniform(0.1, 0.7)), score_threshold=float(rng.choice([0.001, 0.1, 0.3])))
             if method != "gaussian" and near_iou_threshold(boxes, kw["iou_threshold"]):
                 continue
-            keep, sc = ops.soft_nms(put(boxes, device), put(scores, device), labels=put(labels, device), **kw)
-            keep, sc = get(keep, device), get(sc, device)
+            keep, sc = ops.soft_nms(on_device(boxes, device), on_device(scores, device), labels=on_device(labels, device), **kw)
+            keep, sc = from_device(keep, device), from_device(sc, device)
             assert keep.dtype == np.int64 and sc.dtype == np.float32
             ref_keep, ref_sc = soft_nms_reference(boxes, scores, labels, **kw)
             parted += compare_soft_nms(keep, sc, ref_keep, ref_sc, kw["score_threshold"])
@@ -298,21 +283,21 @@ class TestSoftNMS:
         # A = [0,0,10,10] (0.9), B = [0,0,10,5] (0.8, IoU 0.5 with A), C far away (0.7).
         boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 5], [50, 50, 60, 60]], np.float32)
         scores = np.array([0.9, 0.8, 0.7], np.float32)
-        b, s = put(boxes, device), put(scores, device)
-        keep, sc = (get(o, device) for o in ops.soft_nms(b, s))
+        b, s = on_device(boxes, device), on_device(scores, device)
+        keep, sc = (from_device(o, device) for o in ops.soft_nms(b, s))
         w = math.exp(-0.25 / 0.55)  # 0.634..: B decays to 0.507, below C
         np.testing.assert_array_equal(keep, [0, 2, 1])
         np.testing.assert_allclose(sc, [0.9, 0.7, 0.8 * w], rtol=1e-6)
-        keep, sc = (get(o, device) for o in ops.soft_nms(b, s, method="linear", iou_threshold=0.4))
+        keep, sc = (from_device(o, device) for o in ops.soft_nms(b, s, method="linear", iou_threshold=0.4))
         np.testing.assert_array_equal(keep, [0, 2, 1])
         np.testing.assert_allclose(sc, [0.9, 0.7, 0.4], rtol=1e-6)
-        keep, sc = (get(o, device) for o in ops.soft_nms(b, s, method="linear", iou_threshold=0.5))
+        keep, sc = (from_device(o, device) for o in ops.soft_nms(b, s, method="linear", iou_threshold=0.5))
         np.testing.assert_array_equal(keep, [0, 1, 2])  # IoU 0.5 is not > 0.5: no decay
-        keep, sc = (get(o, device) for o in ops.soft_nms(b, s, method="hard", iou_threshold=0.4))
+        keep, sc = (from_device(o, device) for o in ops.soft_nms(b, s, method="hard", iou_threshold=0.4))
         np.testing.assert_array_equal(keep, [0, 2])
-        keep, sc = (get(o, device) for o in ops.soft_nms(b, s, labels=put(np.array([0, 1, 0], np.int32), device)))
+        keep, sc = (from_device(o, device) for o in ops.soft_nms(b, s, labels=on_device(np.array([0, 1, 0], np.int32), device)))
         np.testing.assert_array_equal(keep, [0, 1, 2])  # different labels never decay each other
-        keep, sc = (get(o, device) for o in ops.soft_nms(b, s, score_threshold=0.75))
+        keep, sc = (from_device(o, device) for o in ops.soft_nms(b, s, score_threshold=0.75))
         np.testing.assert_array_equal(keep, [0, 1][:1])  # C below originally, B decays below
 
     @pytest.mark.parametrize("device", DEVICES)
@@ -320,12 +305,12 @@ class TestSoftNMS:
         rng = np.random.default_rng(6)
         boxes = random_boxes(rng, 2000, extent=300, max_size=60, clusters=20)
         scores = random_scores(rng, 2000)
-        keep, sc = (get(o, device) for o in ops.soft_nms(put(boxes, device), put(scores, device)))
+        keep, sc = (from_device(o, device) for o in ops.soft_nms(on_device(boxes, device), on_device(scores, device)))
         ref_keep, ref_sc = soft_nms_reference(boxes, scores)
         compare_soft_nms(keep, sc, ref_keep, ref_sc, 0.001)
         assert len(keep) > 100
         for limit in (0, 1, 50):
-            k2, s2 = (get(o, device) for o in ops.soft_nms(put(boxes, device), put(scores, device), max_output=limit))
+            k2, s2 = (from_device(o, device) for o in ops.soft_nms(on_device(boxes, device), on_device(scores, device), max_output=limit))
             np.testing.assert_array_equal(k2, keep[:limit])
             np.testing.assert_array_equal(s2, sc[:limit])
 
@@ -391,7 +376,7 @@ class TestStackPrune:
                 boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2])
             chip = chips[0] if case % 2 == 0 else chips
             valid = None if case % 4 == 0 else (float(rng.choice([0, 10, 30])), float(rng.choice([40, 80, np.inf])))
-            keep = get(ops.stack_prune(put(boxes, device), put(chip, device), (height, width), valid), device)
+            keep = from_device(ops.stack_prune(on_device(boxes, device), on_device(chip, device), (height, width), valid), device)
             assert keep.dtype == np.bool_ and keep.shape == (n,)
             np.testing.assert_array_equal(keep, stack_prune_reference(boxes, chip, (height, width), valid))
             kept += int(keep.sum())
@@ -414,11 +399,11 @@ class TestStackPrune:
                 boxes.append(b)
                 expected.append(kept)
         boxes = np.array(boxes, np.float32)
-        keep = get(ops.stack_prune(put(boxes, device), put(chip, device), (400, 300)), device)
+        keep = from_device(ops.stack_prune(on_device(boxes, device), on_device(chip, device), (400, 300)), device)
         np.testing.assert_array_equal(keep, expected)
         np.testing.assert_array_equal(keep, stack_prune_reference(boxes, chip, (400, 300)))
         # the same chip sides as image borders: a chip covering the whole image keeps all of them
-        keep = get(ops.stack_prune(put(boxes, device), put(np.array([0, 0, 300, 400], np.float32), device),
+        keep = from_device(ops.stack_prune(on_device(boxes, device), on_device(np.array([0, 0, 300, 400], np.float32), device),
                                    (400, 300)), device)
         assert keep.all()
 
@@ -434,14 +419,14 @@ class TestStackPrune:
             [60, 60, 70, 70],    # outside the chip: dropped
             [10, 10, 10, 20],    # zero width: dropped
         ], np.float32)
-        keep = get(ops.stack_prune(put(boxes, device), put(chip, device), (100, 100)), device)
+        keep = from_device(ops.stack_prune(on_device(boxes, device), on_device(chip, device), (100, 100)), device)
         np.testing.assert_array_equal(keep, [True, True, False, False, False, False])
         # valid range on sqrt(area) of the unclipped box, both ends inclusive: sizes 10 and 15
-        keep = get(ops.stack_prune(put(boxes[:2], device), put(chip, device), (100, 100), (10, 15)), device)
+        keep = from_device(ops.stack_prune(on_device(boxes[:2], device), on_device(chip, device), (100, 100), (10, 15)), device)
         np.testing.assert_array_equal(keep, [True, True])
-        keep = get(ops.stack_prune(put(boxes[:2], device), put(chip, device), (100, 100), (10.001, np.inf)), device)
+        keep = from_device(ops.stack_prune(on_device(boxes[:2], device), on_device(chip, device), (100, 100), (10.001, np.inf)), device)
         np.testing.assert_array_equal(keep, [False, True])
-        keep = get(ops.stack_prune(put(boxes[:2], device), put(chip, device), (100, 100), (0, 14.999)), device)
+        keep = from_device(ops.stack_prune(on_device(boxes[:2], device), on_device(chip, device), (100, 100), (0, 14.999)), device)
         np.testing.assert_array_equal(keep, [True, False])
 
     def test_torch_in_torch_out_and_empty(self):
@@ -481,7 +466,7 @@ class TestTopK:
             if case % 7 == 0:
                 scores = -scores  # negative scores, and -0.0 ties with 0.0
             k = int(rng.integers(0, 80))
-            idx = get(ops.top_k(put(scores, device), k), device)
+            idx = from_device(ops.top_k(on_device(scores, device), k), device)
             assert idx.dtype == np.int64 and idx.shape == (min(k, n),)
             np.testing.assert_array_equal(idx, top_k_reference(scores, k))
 
@@ -489,7 +474,7 @@ class TestTopK:
     def test_large_with_ties(self, device):
         rng = np.random.default_rng(9)
         scores = (rng.integers(0, 50, 100_000) / 50).astype(np.float32)
-        idx = get(ops.top_k(put(scores, device), 200), device)
+        idx = from_device(ops.top_k(on_device(scores, device), 200), device)
         np.testing.assert_array_equal(idx, np.lexsort((np.arange(len(scores)), -scores))[:200])
 
     @given(st.lists(st.sampled_from([0.0, -0.0, 0.5, 1.0, -1.0, 1e-30]), max_size=40), st.integers(0, 50))

@@ -7,7 +7,6 @@ reference and against the CPU kernels, where a GPU is present), plus hand-worked
 """
 import math
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from runtime import ops
-from conftest import DEVICES, needs_cuda
+from conftest import DEVICES, from_device, needs_cuda, on_device
 from reference import (
     chips_to_image_reference,
     connected_components_reference,
@@ -31,21 +30,6 @@ CASES_PER_DEVICE = 1000  # x 2 devices here ("numpy", "cpu") = 2,000 random case
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def on(device, x):
-    """A NumPy test input as the kind the device parameter names."""
-    if device == "numpy":
-        return x
-    t = torch.from_numpy(np.ascontiguousarray(x))
-    return t.cuda() if device == "cuda" else t
-
-
-def back(device, y):
-    """An op's output as NumPy, checking it came back as the kind that went in."""
-    if device == "numpy":
-        assert isinstance(y, np.ndarray)
-        return y
-    assert isinstance(y, torch.Tensor) and y.device.type == device
-    return y.cpu().numpy()
 
 
 def random_mask(rng, max_side=30):
@@ -63,7 +47,7 @@ class TestDilate:
         for _ in range(CASES_PER_DEVICE):
             mask = random_mask(rng)
             d = int(rng.choice([1, 3, 5, 7, 9, 31]))
-            out = back(device, ops.dilate(on(device, mask), d))
+            out = from_device(ops.dilate(on_device(mask, device), d), device)
             assert out.dtype == np.uint8 and out.shape == mask.shape
             np.testing.assert_array_equal(out, dilate_reference(mask, d), err_msg=f"d={d}\n{mask}")
 
@@ -101,7 +85,7 @@ class TestDilate:
     @pytest.mark.parametrize("device", DEVICES)
     @pytest.mark.parametrize("shape", [(0, 0), (0, 4), (4, 0)])
     def test_empty(self, device, shape):
-        out = back(device, ops.dilate(on(device, np.zeros(shape, np.uint8)), 3))
+        out = from_device(ops.dilate(on_device(np.zeros(shape, np.uint8), device), 3), device)
         assert out.shape == shape and out.dtype == np.uint8
 
     def test_non_contiguous_tensor(self):
@@ -128,7 +112,7 @@ class TestConnectedComponents:
         rng = np.random.default_rng(4)
         for _ in range(CASES_PER_DEVICE):
             mask = random_mask(rng)
-            labels, boxes = (back(device, y) for y in ops.connected_components(on(device, mask)))
+            labels, boxes = (from_device(y, device) for y in ops.connected_components(on_device(mask, device)))
             ref_labels, ref_boxes = connected_components_reference(mask)
             assert labels.dtype == np.int32 and boxes.dtype == np.int32 and boxes.shape[1:] == (4,)
             np.testing.assert_array_equal(labels, ref_labels, err_msg=str(mask))
@@ -186,12 +170,12 @@ class TestConnectedComponents:
 
     @pytest.mark.parametrize("device", DEVICES)
     def test_all_on_all_off_and_empty(self, device):
-        labels, boxes = (back(device, y) for y in ops.connected_components(on(device, np.ones((3, 4), np.uint8))))
+        labels, boxes = (from_device(y, device) for y in ops.connected_components(on_device(np.ones((3, 4), np.uint8), device)))
         np.testing.assert_array_equal(labels, np.ones((3, 4)))
         np.testing.assert_array_equal(boxes, [[0, 0, 4, 3]])
-        labels, boxes = (back(device, y) for y in ops.connected_components(on(device, np.zeros((3, 4), np.uint8))))
+        labels, boxes = (from_device(y, device) for y in ops.connected_components(on_device(np.zeros((3, 4), np.uint8), device)))
         assert not labels.any() and boxes.shape == (0, 4)
-        labels, boxes = (back(device, y) for y in ops.connected_components(on(device, np.zeros((0, 4), np.uint8))))
+        labels, boxes = (from_device(y, device) for y in ops.connected_components(on_device(np.zeros((0, 4), np.uint8), device)))
         assert labels.shape == (0, 4) and boxes.shape == (0, 4)
 
     def test_bad_input(self):
@@ -251,7 +235,7 @@ class TestFocusChips:
         for _ in range(CASES_PER_DEVICE):
             prob = random_focus_map(rng)
             t, d, k = float(rng.choice([0.02, 0.2, 0.5])), int(rng.choice([1, 3, 5])), int(rng.integers(1, 25))
-            chips = back(device, ops.focus_chips(on(device, prob), t, d, k))
+            chips = from_device(ops.focus_chips(on_device(prob, device), t, d, k), device)
             assert chips.dtype == np.int32 and chips.shape[1:] == (4,)
             np.testing.assert_array_equal(chips, focus_chips_reference(prob, t, d, k), err_msg=f"t={t} d={d} k={k}")
 
@@ -321,7 +305,7 @@ class TestFocusChips:
     @pytest.mark.parametrize("device", DEVICES)
     def test_empty(self, device):
         for prob in (np.zeros((5, 6), np.float32), np.zeros((0, 6), np.float32), np.zeros((6, 0), np.float32)):
-            chips = back(device, ops.focus_chips(on(device, prob), 0.5, 3, 4))
+            chips = from_device(ops.focus_chips(on_device(prob, device), 0.5, 3, 4), device)
             assert chips.shape == (0, 4) and chips.dtype == np.int32
 
     @pytest.mark.parametrize("device", DEVICES)
@@ -330,7 +314,7 @@ class TestFocusChips:
         prob = np.zeros((5, 6), np.float32)
         prob[2, 3] = bad
         with pytest.raises(ValueError, match="^prob: contains NaN"):
-            ops.focus_chips(on(device, prob), 0.5, 3, 4)
+            ops.focus_chips(on_device(prob, device), 0.5, 3, 4)
 
     def test_bad_input(self):
         prob = np.zeros((5, 6), np.float32)
@@ -366,31 +350,31 @@ class TestFocusChips:
                     ref = focus_chips_reference(probs[b, :h, :w], 0.2, 3, 8)
                     expected.append(ref)
                     expected_index += [b] * len(ref)
-            chips, index = ops.focus_chips_batched(on(device, probs), valid.astype(np.int32), 0.2, 3, 8)
-            chips, index = back(device, chips), back(device, index)
+            chips, index = ops.focus_chips_batched(on_device(probs, device), valid.astype(np.int32), 0.2, 3, 8)
+            chips, index = from_device(chips, device), from_device(index, device)
             np.testing.assert_array_equal(chips, np.concatenate(expected).reshape(-1, 4) if expected else np.zeros((0, 4)))
             np.testing.assert_array_equal(index, expected_index)
             assert chips.dtype == np.int32 and index.dtype == np.int32
 
     @pytest.mark.parametrize("device", DEVICES)
     def test_batched_empty_and_bad_input(self, device):
-        chips, index = ops.focus_chips_batched(on(device, np.zeros((0, 4, 4), np.float32)), np.zeros((0, 2), np.int32),
+        chips, index = ops.focus_chips_batched(on_device(np.zeros((0, 4, 4), np.float32), device), np.zeros((0, 2), np.int32),
                                                0.2, 3, 4)
-        assert back(device, chips).shape == (0, 4) and back(device, index).shape == (0,)
+        assert from_device(chips, device).shape == (0, 4) and from_device(index, device).shape == (0,)
         probs = np.zeros((2, 4, 4), np.float32)
         with pytest.raises(ValueError, match="^valid_hw:"):
-            ops.focus_chips_batched(on(device, probs), [[4, 4]], 0.2, 3, 4)
+            ops.focus_chips_batched(on_device(probs, device), [[4, 4]], 0.2, 3, 4)
         with pytest.raises(ValueError, match="^valid_hw:"):
-            ops.focus_chips_batched(on(device, probs), [[4, 5], [4, 4]], 0.2, 3, 4)
+            ops.focus_chips_batched(on_device(probs, device), [[4, 5], [4, 4]], 0.2, 3, 4)
         with pytest.raises(ValueError, match="^valid_hw:"):
-            ops.focus_chips_batched(on(device, probs), [[-1, 4], [4, 4]], 0.2, 3, 4)
+            ops.focus_chips_batched(on_device(probs, device), [[-1, 4], [4, 4]], 0.2, 3, 4)
         with pytest.raises(TypeError, match="^valid_hw:"):
-            ops.focus_chips_batched(on(device, probs), [[4.0, 4.0], [4, 4]], 0.2, 3, 4)
+            ops.focus_chips_batched(on_device(probs, device), [[4.0, 4.0], [4, 4]], 0.2, 3, 4)
         with pytest.raises(ValueError, match="^probs:"):
-            ops.focus_chips_batched(on(device, probs[0]), [[4, 4]], 0.2, 3, 4)
+            ops.focus_chips_batched(on_device(probs[0], device), [[4, 4]], 0.2, 3, 4)
         probs[1, 1, 1] = np.nan
         with pytest.raises(ValueError, match="^probs: contains NaN"):
-            ops.focus_chips_batched(on(device, probs), [[4, 4], [4, 4]], 0.2, 3, 4)
+            ops.focus_chips_batched(on_device(probs, device), [[4, 4], [4, 4]], 0.2, 3, 4)
 
     @needs_cuda
     @pytest.mark.cuda
@@ -431,7 +415,7 @@ class TestChipsToImage:
                 scale = rng.uniform(0.3, 3, m).astype(np.float32)
                 input_hw = np.stack([rng.integers(1, map_h * stride + 1, m), rng.integers(1, map_w * stride + 1, m)], 1)
                 offset = rng.uniform(0, 500, (m, 2))
-            out = back(device, ops.chips_to_image(on(device, chips.astype(np.int32)), stride, scale, input_hw, k, offset))
+            out = from_device(ops.chips_to_image(on_device(chips.astype(np.int32), device), stride, scale, input_hw, k, offset), device)
             assert out.dtype == np.float32 and out.shape == (m, 4)
             np.testing.assert_allclose(out, chips_to_image_reference(chips, stride, scale, input_hw, k, offset),
                                        rtol=1e-6, atol=1e-4)
@@ -447,7 +431,7 @@ class TestChipsToImage:
 
     @pytest.mark.parametrize("device", DEVICES)
     def test_empty(self, device):
-        out = back(device, ops.chips_to_image(on(device, np.zeros((0, 4), np.int32)), 16, 1.0, (10, 10), 4))
+        out = from_device(ops.chips_to_image(on_device(np.zeros((0, 4), np.int32), device), 16, 1.0, (10, 10), 4), device)
         assert out.shape == (0, 4) and out.dtype == np.float32
 
     def test_bad_input(self):
@@ -514,8 +498,8 @@ class TestCropResize:
         for _ in range(CASES_PER_DEVICE):
             image, chips, scales = random_crop_case(rng, slot=slot)
             bgr = bool(rng.random() < 0.7)
-            out = back(device, ops.crop_resize(on(device, image), on(device, chips), on(device, scales), slot,
-                                               MEAN, STD, bgr_to_rgb=bgr))
+            out = from_device(ops.crop_resize(on_device(image, device), on_device(chips, device), on_device(scales, device), slot,
+                                               MEAN, STD, bgr_to_rgb=bgr), device)
             assert out.dtype == np.float32 and out.shape == (len(chips), 3) + slot
             np.testing.assert_allclose(out, crop_resize_reference(image, chips, scales, slot, MEAN, STD, bgr),
                                        atol=2e-5, rtol=0)
@@ -561,14 +545,14 @@ class TestCropResize:
     def test_float16(self, device):
         rng = np.random.default_rng(19)
         image, chips, scales = random_crop_case(rng, slot=(24, 32))
-        out = back(device, ops.crop_resize(on(device, image), chips, scales, (24, 32), MEAN, STD, dtype="float16"))
+        out = from_device(ops.crop_resize(on_device(image, device), chips, scales, (24, 32), MEAN, STD, dtype="float16"), device)
         assert out.dtype == np.float16
         np.testing.assert_allclose(out, crop_resize_reference(image, chips, scales, (24, 32), MEAN, STD), atol=1e-2)
 
     @pytest.mark.parametrize("device", DEVICES)
     def test_empty_chips(self, device):
         image = np.zeros((10, 10, 3), np.uint8)
-        out = back(device, ops.crop_resize(on(device, image), np.zeros((0, 4), np.float32), 1.0, (8, 8), MEAN, STD))
+        out = from_device(ops.crop_resize(on_device(image, device), np.zeros((0, 4), np.float32), 1.0, (8, 8), MEAN, STD), device)
         assert out.shape == (0, 3, 8, 8) and out.dtype == np.float32
 
     def test_bad_input(self):
