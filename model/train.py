@@ -14,10 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
 from pathlib import Path
+
+# On a shared, oversubscribed CPU, OpenMP threads that spin while waiting make every conv several times
+# slower (measured here: 0.57 s vs 2.7-4.9 s per step). Only effective if torch is not imported yet.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
@@ -487,7 +492,8 @@ def train(config: dict, run_dir: Path, resume: bool = False, train_set=None, val
     if resume and last_path.is_file():
         state = _read_checkpoint(last_path)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
         step, phase, train_elapsed = state["step"], state["phase"], state["train_elapsed"]
         negatives = [Chip(*t) for t in state["negative_chips"]]
         history = state.get("history", [])
@@ -534,7 +540,7 @@ def train(config: dict, run_dir: Path, resume: bool = False, train_set=None, val
                       file=sys.stderr)
                 history.append({"step": step, "event": "mining", "negative_chips": len(negatives),
                                 "seconds": time.time() - t0})
-                save(last_path)
+                save(last_path, optimizer=optimizer.state_dict())
                 loader = _loader(coco, positives + negatives, config, config["seed"] + step)
                 break  # restart the epoch on the new chip set
             lr = lr_at(step, progress, config["optim"])
@@ -570,14 +576,14 @@ def train(config: dict, run_dir: Path, resume: bool = False, train_set=None, val
                 print(f"\nval step {step}: " + json.dumps(metrics), file=sys.stderr, flush=True)
                 last_val = time.time()
             if now - last_ckpt >= sched["checkpoint_minutes"] * 60.0:
-                save(last_path)
+                save(last_path, optimizer=optimizer.state_dict())
                 last_ckpt = time.time()
     if bar is not None:
         bar.close()
     metrics = quick_validate(model, val, config)
     history.append({"step": step, "event": "final_val", **metrics})
     print(f"final step {step}: " + json.dumps(metrics), file=sys.stderr, flush=True)
-    save(last_path)
+    save(last_path, optimizer=optimizer.state_dict())
     save(final_path)
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     return {"steps": step, "final_val": metrics, "final": str(final_path), "last": str(last_path),

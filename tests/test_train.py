@@ -169,3 +169,19 @@ def test_negative_mining_returns_negative_chips(tiny_split):
     for c in negatives:
         per[(c.image_index, c.scale_index)] = per.get((c.image_index, c.scale_index), 0) + 1
     assert max(per.values()) <= config["mining"]["max_chips_per_image_scale"]
+
+
+def test_flipped_chip_targets_mirror_the_unflipped_ones(tiny_split):
+    train_set, _ = tiny_split
+    config = tiny_config()
+    for chip in build_positive_chips(train_set, config)[:6]:
+        a = chip_targets(train_set, chip, config, flip=False)
+        b = chip_targets(train_set, chip, config, flip=True)
+        np.testing.assert_array_equal(b["focus_labels"], a["focus_labels"][:, ::-1])
+        np.testing.assert_array_equal(b["cls_weight"], a["cls_weight"][:, :, ::-1])
+        # Same number of peaks per class, and the same regressed box sizes.
+        np.testing.assert_array_equal((b["heatmap"] == 1).sum((1, 2)), (a["heatmap"] == 1).sum((1, 2)))
+        wa = a["box_target"][2] - a["box_target"][0]
+        wb = b["box_target"][2] - b["box_target"][0]
+        np.testing.assert_allclose(np.unique(wa[a["reg_weight"] > 0].round(2)),
+                                   np.unique(wb[b["reg_weight"] > 0].round(2)), atol=0.011)
