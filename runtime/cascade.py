@@ -1,0 +1,384 @@
+"""The AutoFocus cascade (DESIGN.md "The cascade"), as named stages over a batch of images.
+
+    whole_image_regions -> run_scale (crop_batch -> network -> decode_batch [-> focus_chips_batch])
+        -> stack (clip to the image, ops.stack_prune: SNIP valid range + focus stacking)
+        -> chip_regions (next scale's chips) -> ... -> merge (class-aware ops.soft_nms, top max_detections)
+
+Modes: "autofocus" (the cascade), "sniper" (the whole image at every scale, SNIP valid ranges, Soft-NMS:
+the baseline, the computation of model/evaluate.py's "pyramid") and "single" (the whole image at
+params.scale, no valid range). Arrays are torch tensors on the engine's device from the image on; the
+host reads the chips' corners (they decide batch shapes) and the final detections.
+
+A Region is one network input: a rectangle of one image (original pixels) resized by a factor. Chips of
+scale s+1 are cut from the focus maps of scale s's inputs (Algorithm 1, ops.focus_chips_batched +
+ops.chips_to_image), so they lie inside their parent and children of disjoint parents are disjoint;
+with merge_chips, chips of one image that overlap anyway (possible only when parents overlap) are
+replaced by their enclosing rectangle when that runs fewer pixels than the two apart.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import ops
+from .detections import Detections
+
+MODES = ("autofocus", "sniper", "single")
+
+
+@dataclass
+class Region:
+    image: int              # index into Context.images
+    box: np.ndarray         # (4,) float32 [x1, y1, x2, y2] in original image pixels
+    factor: float           # resize factor of its scale
+    size: tuple             # (height, width) after resizing, as ops.crop_resize computes it
+
+
+@dataclass
+class ScaleDetections:
+    """Candidate detections of one scale: boxes in original pixels and, per box, its input region."""
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    region: torch.Tensor    # int64 index into that scale's regions
+    image: torch.Tensor     # int64 index of the image
+
+
+@dataclass
+class Context:
+    """What the stages share for one call (built by the engine)."""
+    images: list            # HxWx3 uint8 torch tensors on `device` (aspect-padded, see images.py)
+    image_sizes: list       # real (height, width) of each image: clipping and the image-border rule
+    network: object         # callable: (N, 3, H, W) float32 tensor -> {"scores", "ltrb", "focus"} tensors
+    bundle: object
+    params: object          # params.CascadeParams
+    stats: object           # stats.RunStats
+    device: torch.device
+
+
+# ------------------------------------------------------------------------------------ geometry
+
+def scale_factor(height: int, width: int, scale) -> float:
+    """DESIGN.md: min(min_side / short side, max_side / long side)."""
+    min_side, max_side = scale
+    return min(min_side / min(height, width), max_side / max(height, width))
+
+
+def resized_size(box, factor: float) -> tuple:
+    """(height, width) of a box resized by factor, in float32 as ops.crop_resize computes it."""
+    b, f = np.asarray(box, np.float32), np.float32(factor)
+    h = np.floor((b[3] - b[1]) * f + np.float32(0.5))
+    w = np.floor((b[2] - b[0]) * f + np.float32(0.5))
+    return int(h), int(w)
+
+
+def input_shape(ctx: Context, size) -> tuple:
+    """The padded network input holding a resized region: its bucket, or the next multiple of 32."""
+    h, w = size
+    if ctx.params.padding == "divisor":
+        div = ctx.bundle.input["size_divisor"]
+        return max(div, math.ceil(h / div) * div), max(div, math.ceil(w / div) * div)
+    for bh, bw in _buckets_by_area(ctx.bundle):
+        if bh >= h and bw >= w:
+            return bh, bw
+    raise ValueError(f"a {h} x {w} network input fits no bucket of the bundle ({ctx.bundle.buckets}): the scales "
+                     "exceed what the bundle was built for; use padding='divisor' (not with TensorRT) or rebuild "
+                     "the bundle for these scales")
+
+
+def max_batch(ctx: Context, shape) -> int:
+    """The max batch of the smallest bucket holding shape (1 when none does)."""
+    for (bh, bw), mb in zip(ctx.bundle.buckets, ctx.bundle.max_batch):
+        if (bh, bw) == tuple(shape):
+            return mb
+    holding = [(bh * bw, mb) for (bh, bw), mb in zip(ctx.bundle.buckets, ctx.bundle.max_batch)
+               if bh >= shape[0] and bw >= shape[1]]
+    return min(holding)[1] if holding else 1
+
+
+def _buckets_by_area(bundle):
+    return sorted((tuple(b) for b in bundle.buckets), key=lambda b: (b[0] * b[1], b[0], b[1]))
+
+
+def whole_image_regions(ctx: Context, scale_index: int) -> list[Region]:
+    regions = []
+    for i, image in enumerate(ctx.images):
+        h, w = image.shape[:2]
+        f = scale_factor(h, w, ctx.params.scales[scale_index])
+        box = np.array([0, 0, w, h], np.float32)
+        regions.append(Region(i, box, f, resized_size(box, f)))
+    return regions
+
+
+def chip_regions(ctx: Context, chips_per_image: list, scale_index: int) -> list[Region]:
+    """Chips (original pixels, per image) as the regions of scale_index."""
+    regions = []
+    for i, chips in enumerate(chips_per_image):
+        if len(chips) == 0:
+            continue
+        if ctx.params.merge_chips:
+            chips = merge_overlapping(chips)
+        h, w = ctx.images[i].shape[:2]
+        f = scale_factor(h, w, ctx.params.scales[scale_index])
+        for box in chips:
+            size = resized_size(box, f)
+            if size[0] >= 1 and size[1] >= 1:
+                regions.append(Region(i, np.asarray(box, np.float32), f, size))
+    return regions
+
+
+def merge_overlapping(chips) -> np.ndarray:
+    """Replaces two overlapping chips by their enclosing rectangle while that has fewer pixels than the
+    two together; repeats until no pair qualifies. (M, 4) float32 -> (M', 4) float32."""
+    boxes = [np.asarray(c, np.float64) for c in chips]
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
+    merged = True
+    while merged:
+        merged = False
+        for i, j in itertools.combinations(range(len(boxes)), 2):
+            a, b = boxes[i], boxes[j]
+            if min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]):
+                union = np.array([min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])])
+                if area(union) < area(a) + area(b):
+                    boxes[i] = union
+                    del boxes[j]
+                    merged = True
+                    break
+    return np.asarray(boxes, np.float32).reshape(-1, 4)
+
+
+# ------------------------------------------------------------------------------------ one scale
+
+def plan_batches(ctx: Context, regions: list[Region]) -> list[tuple]:
+    """[(input shape, [region indices])]: regions grouped by padded input shape (images kept together
+    inside a group), each group split at its bucket's max batch."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(regions):
+        groups.setdefault(input_shape(ctx, r.size), []).append(i)
+    plan = []
+    for shape, idx in groups.items():
+        idx.sort(key=lambda i: regions[i].image)
+        step = max_batch(ctx, shape)
+        plan += [(shape, idx[k:k + step]) for k in range(0, len(idx), step)]
+    return plan
+
+
+def crop_batch(ctx: Context, regions: list[Region], idx: list[int], shape) -> torch.Tensor:
+    """One normalised network batch: ops.crop_resize once per image in the batch."""
+    norm = ctx.bundle.input
+    parts = []
+    for image, group in itertools.groupby(idx, key=lambda i: regions[i].image):
+        group = list(group)
+        boxes = np.stack([regions[i].box for i in group]).astype(np.float32)
+        factors = np.array([regions[i].factor for i in group], np.float32)
+        parts.append(ops.crop_resize(ctx.images[image], boxes, factors, shape, norm["mean"], norm["std"],
+                                     bgr_to_rgb=norm["image_order"] != norm["channel_order"]))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _per_region(ctx: Context, regions: list[Region], idx: list[int]):
+    """Device tensors of the batch's regions: factors (n,), origins (n, 2), sizes (n, 2)."""
+    rs = [regions[i] for i in idx]
+    factors = torch.tensor([r.factor for r in rs], dtype=torch.float32, device=ctx.device)
+    origins = torch.tensor(np.stack([r.box[:2] for r in rs]), dtype=torch.float32, device=ctx.device)
+    sizes = torch.tensor([r.size for r in rs], dtype=torch.int64, device=ctx.device)
+    return factors, origins, sizes
+
+
+def decode_batch(ctx: Context, out: dict, regions: list[Region], idx: list[int]) -> ScaleDetections:
+    """Network outputs -> candidates in original pixels (scale = region factor, offset = its origin)."""
+    factors, origins, _ = _per_region(ctx, regions, idx)
+    p = ctx.params.decode
+    boxes, scores, labels, b = ops.decode(out["scores"], out["ltrb"], stride=ctx.bundle.strides["detection"],
+                                          score_threshold=p["score_threshold"],
+                                          max_candidates=p["max_candidates"], scales=factors, offsets=origins)
+    region_of = torch.tensor(idx, dtype=torch.int64, device=ctx.device)[b.long()]
+    image_of = torch.tensor([r.image for r in regions], dtype=torch.int64, device=ctx.device)[region_of]
+    return ScaleDetections(boxes, scores, labels, region_of, image_of)
+
+
+def focus_chips_batch(ctx: Context, out: dict, regions: list[Region], idx: list[int], chip_params: dict):
+    """FocusChips (Algorithm 1) of every input of the batch -> [(image, chip box in original px)].
+
+    Each focus map is read over the input's real cells only (ceil(size / stride)); the chips are
+    clipped to the input's real size, divided by its factor and moved by its origin (chips_to_image)."""
+    stride = ctx.bundle.strides["focus"]
+    factors, origins, sizes = _per_region(ctx, regions, idx)
+    valid = [(math.ceil(regions[i].size[0] / stride), math.ceil(regions[i].size[1] / stride)) for i in idx]
+    probs = out["focus"][:, 1].contiguous()
+    cells, b = ops.focus_chips_batched(probs, valid, chip_params["threshold"], chip_params["dilation"],
+                                       chip_params["min_size"])
+    if cells.shape[0] == 0:
+        return []
+    b = b.long()
+    chips = ops.chips_to_image(cells, stride, factors[b], sizes[b], chip_params["min_size"], origins[b])
+    # One host read for corners and owners together (their sizes decide the next scale's batches).
+    host = torch.cat([chips, b.to(torch.float32)[:, None]], 1).cpu().numpy()
+    out = []
+    for *box, k in host:
+        parent = regions[idx[int(k)]]
+        out.append((parent.image, snap_to_parent(np.asarray(box, np.float32), parent)))
+    return out
+
+
+def snap_to_parent(chip: np.ndarray, parent: Region) -> np.ndarray:
+    """A chip side within one resized pixel of its parent's side is put on it. Clipping to the parent's
+    resized size ((y2 - y1) * f rounded) lands up to half a pixel short of the parent's side in original
+    pixels; left there, a chip flush with the image border would not count as on it, and focus stacking
+    would drop the detections that touch that border."""
+    tol = 1.0 / parent.factor
+    snapped = np.where(np.abs(chip - parent.box) <= tol, parent.box, chip)
+    return snapped.astype(np.float32)
+
+
+def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params=None):
+    """Runs the network on every region of one scale. Returns (ScaleDetections, chips per image for the
+    next scale, or None when chip_params is None)."""
+    stats = ctx.stats
+    parts = []
+    next_chips = [[] for _ in ctx.images] if chip_params is not None else None
+    for shape, idx in plan_batches(ctx, regions):
+        with stats.stage("chips"):
+            batch = crop_batch(ctx, regions, idx, shape)
+        stats.add_batch(shape)
+        for i in idx:
+            stats.add_inputs(scale_index, regions[i].size, shape)
+        with stats.stage("network"):
+            out = ctx.network(batch)
+        with stats.stage("postprocess"):
+            parts.append(decode_batch(ctx, out, regions, idx))
+        if chip_params is not None:
+            with stats.stage("chips"):
+                for image, box in focus_chips_batch(ctx, out, regions, idx, chip_params):
+                    next_chips[image].append(box)
+    return concat(ctx, parts), next_chips
+
+
+def concat(ctx: Context, parts: list[ScaleDetections]) -> ScaleDetections:
+    if not parts:
+        empty = torch.zeros((0,), device=ctx.device)
+        return ScaleDetections(empty.reshape(0, 4), empty, empty.to(torch.int32), empty.long(), empty.long())
+    if len(parts) == 1:
+        return parts[0]
+    return ScaleDetections(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                             ("boxes", "scores", "labels", "region", "image")))
+
+
+# ------------------------------------------------------------------------------------ stacking
+
+def _clip_to_images(ctx: Context, dets: ScaleDetections) -> torch.Tensor:
+    hw = torch.tensor(ctx.image_sizes, dtype=torch.float32, device=ctx.device).reshape(-1, 2)[dets.image]
+    zero = torch.zeros_like(hw[:, 0])
+    x1 = torch.minimum(torch.maximum(dets.boxes[:, 0], zero), hw[:, 1])
+    y1 = torch.minimum(torch.maximum(dets.boxes[:, 1], zero), hw[:, 0])
+    x2 = torch.minimum(torch.maximum(dets.boxes[:, 2], zero), hw[:, 1])
+    y2 = torch.minimum(torch.maximum(dets.boxes[:, 3], zero), hw[:, 0])
+    return torch.stack([x1, y1, x2, y2], 1)
+
+
+def _select(dets: ScaleDetections, boxes: torch.Tensor, keep: torch.Tensor) -> ScaleDetections:
+    return ScaleDetections(boxes[keep], dets.scores[keep], dets.labels[keep], dets.region[keep], dets.image[keep])
+
+
+def stack(ctx: Context, dets: ScaleDetections, regions: list[Region], valid_range) -> ScaleDetections:
+    """Focus stacking of one scale (DESIGN.md): boxes clipped to their image, then ops.stack_prune with
+    each box's own chip: dropped when cut by a chip side that is not an image side, or when
+    sqrt(area) (of the box clipped to the image) is outside the scale's valid range."""
+    boxes = _clip_to_images(ctx, dets)
+    chips = torch.tensor(np.stack([r.box for r in regions]) if regions else np.zeros((0, 4), np.float32),
+                         dtype=torch.float32, device=ctx.device)[dets.region]
+    keep = None
+    for image in sorted({r.image for r in regions}):
+        h, w = ctx.image_sizes[image]
+        k = ops.stack_prune(boxes, chips, (h, w), tuple(valid_range))
+        keep = k if keep is None else torch.where(dets.image == image, k, keep)
+    if keep is None:
+        return dets
+    return _select(dets, boxes, keep)
+
+
+def in_valid_range(boxes: torch.Tensor, valid_range) -> torch.Tensor:
+    """SNIP rule of the whole-image pyramid (model/evaluate.py): lo <= sqrt(area) <= hi, in float32."""
+    lo, hi = valid_range
+    side = torch.sqrt((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0))
+    return (side >= lo) & (side <= hi)
+
+
+# ------------------------------------------------------------------------------------ merge
+
+def merge(ctx: Context, per_scale: list[ScaleDetections], image: int, chips: list) -> Detections:
+    """All scales' survivors of one image -> Soft-NMS (bundle parameters) -> top max_detections."""
+    p = ctx.params.soft_nms
+    with ctx.stats.stage("postprocess"):
+        if len(ctx.images) > 1:  # (one image: no selection, no host sync)
+            per_scale = [_select(d, d.boxes, d.image == image) for d in per_scale]
+        boxes, scores, labels = (torch.cat([getattr(d, f) for d in per_scale]) for f in ("boxes", "scores", "labels"))
+        keep, decayed = ops.soft_nms(boxes.float().contiguous(), scores.float().contiguous(),
+                                     labels.to(torch.int32) if p["class_aware"] else None,
+                                     method=p["method"], sigma=p["sigma"], iou_threshold=p["iou_threshold"],
+                                     score_threshold=p["score_threshold"], max_output=ctx.params.max_detections)
+        return Detections(boxes[keep].cpu().numpy(), decayed.cpu().numpy(), labels[keep].cpu().numpy(), chips)
+
+
+def _chips_of(regions: list[Region], image: int) -> np.ndarray:
+    return np.array([r.box for r in regions if r.image == image], np.float32).reshape(-1, 4)
+
+
+# ------------------------------------------------------------------------------------ modes
+
+def autofocus(ctx: Context) -> list[Detections]:
+    """Scale 1 on every whole image; each finer scale only on the FocusChips of the one before."""
+    scales = len(ctx.params.scales)
+    regions = whole_image_regions(ctx, 0)
+    kept, ran = [], []
+    for s in range(scales):
+        ran.append(regions)
+        if not regions:
+            break
+        chip_params = ctx.params.chip_params[s] if s + 1 < scales else None
+        dets, next_chips = run_scale(ctx, regions, s, chip_params)
+        with ctx.stats.stage("postprocess"):
+            kept.append(stack(ctx, dets, regions, ctx.params.valid_ranges[s]))
+        if chip_params is None:
+            break
+        regions = chip_regions(ctx, next_chips, s + 1)
+    return _finish(ctx, kept, ran)
+
+
+def sniper(ctx: Context) -> list[Detections]:
+    """The whole image at every scale; each scale keeps its valid range; then Soft-NMS."""
+    kept, ran = [], []
+    for s in range(len(ctx.params.scales)):
+        regions = whole_image_regions(ctx, s)
+        ran.append(regions)
+        dets, _ = run_scale(ctx, regions, s)
+        with ctx.stats.stage("postprocess"):
+            boxes = _clip_to_images(ctx, dets)
+            kept.append(_select(dets, boxes, in_valid_range(boxes, ctx.params.valid_ranges[s])))
+    return _finish(ctx, kept, ran)
+
+
+def single(ctx: Context) -> list[Detections]:
+    """The whole image at one scale (params.scale, 1-based), no valid range; then Soft-NMS."""
+    s = ctx.params.scale - 1
+    ran = [[] for _ in ctx.params.scales]
+    ran[s] = whole_image_regions(ctx, s)
+    dets, _ = run_scale(ctx, ran[s], s)
+    with ctx.stats.stage("postprocess"):
+        kept = [ScaleDetections(_clip_to_images(ctx, dets), dets.scores, dets.labels, dets.region, dets.image)]
+    return _finish(ctx, kept, ran)
+
+
+def _finish(ctx: Context, kept: list[ScaleDetections], ran: list) -> list[Detections]:
+    ran = ran + [[] for _ in range(len(ctx.params.scales) - len(ran))]
+    return [merge(ctx, kept, i, [_chips_of(r, i) for r in ran]) for i in range(len(ctx.images))]
+
+
+def run(ctx: Context, mode: str) -> list[Detections]:
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
+    return {"autofocus": autofocus, "sniper": sniper, "single": single}[mode](ctx)

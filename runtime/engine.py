@@ -1,0 +1,137 @@
+"""AutoFocusEngine: a bundle, a backend and the cascade behind one call.
+
+    engine = AutoFocusEngine("bundles/default", backend="auto")    # or "tensorrt" | "onnxruntime" | "torch"
+    det = engine("image.jpg")                                     # Detections (NumPy, original pixels)
+    det = engine(image_bgr, mode="sniper", soft_nms={"sigma": 0.3})
+    dets = engine.detect_batch([a, b, c])
+    engine.last_stats                                             # what the last call ran, and its times
+
+Parameters (runtime/params.py) come from the bundle, overridden per engine (AutoFocusEngine(bundle,
+**overrides)) and per call (engine(image, **overrides)); unknown names raise TypeError.
+device=None: "cuda" when the chosen backend runs there, else "cpu". On CUDA, images, chips, network
+outputs and post-processing stay on the GPU; last_stats["host_syncs"] counts the host synchronisations
+torch sees (torch.cuda sync debug mode) plus one per onnxruntime batch (its run ends with one).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from . import backends, cascade, params
+from .bundle import Bundle, load_bundle
+from .detections import Detections
+from .images import load_image, pad_extreme_aspect
+from .stats import RunStats
+
+MODES = cascade.MODES
+
+
+class AutoFocusEngine:
+    def __init__(self, bundle, backend: str = "auto", device: str | None = None, **overrides):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        if not isinstance(backend, str):
+            raise TypeError(f"backend: expected a name ('auto' or one of {list(backends.NAMES)}), got {backend!r}")
+        self.backend_name, self.device, self.backend_notes = backends.select(self.bundle, backend, device)
+        params.check_names(overrides, "AutoFocusEngine")
+        self._base = params.bundle_values(self.bundle)
+        # Buckets on CUDA (few shapes: TensorRT profiles, tuned kernels, batching); on the CPU the next
+        # multiple of 32 runs fewer pixels and equals model/evaluate.py exactly.
+        self._base["padding"] = "bucket" if self.device == "cuda" else "divisor"
+        self.overrides = dict(overrides)
+        self._backend = backends.load_backend(self.backend_name, self.bundle, self.device)
+        self.params = self._resolve({})  # fails now, not at the first image
+        self.last_stats: dict | None = None
+        self._ort_runs = 0
+
+    def __repr__(self):
+        return (f"AutoFocusEngine({str(self.bundle.folder)!r}, backend={self.backend_name!r}, "
+                f"device={self.device!r})")
+
+    @property
+    def classes(self) -> list:
+        return list(self.bundle.classes)
+
+    def _resolve(self, call_overrides: dict) -> params.CascadeParams:
+        p = params.resolve(self._base, self.overrides, call_overrides)
+        if p.padding == "divisor" and self._backend.fixed_shapes:
+            raise ValueError(f"padding: 'divisor' needs a backend that runs any shape; {self.backend_name} runs "
+                             "the bundle's buckets only (use padding='bucket')")
+        return p
+
+    # ------------------------------------------------------------------------------------ calls
+
+    def __call__(self, image, mode: str = "autofocus", **overrides) -> Detections:
+        """Detections of one image: a file path or an HxWx3 uint8 BGR array (see runtime/images.py)."""
+        return self._detect([load_image(image, "image")], mode, overrides)[0]
+
+    def detect_batch(self, images, mode: str = "autofocus", **overrides) -> list[Detections]:
+        """Detections of each image; scale-1 inputs of all images and chips of all images batch together."""
+        if isinstance(images, (str, os.PathLike, np.ndarray)) or not hasattr(images, "__iter__"):
+            raise TypeError(f"images: expected a list of paths or arrays, got {type(images).__name__}")
+        return self._detect([load_image(im, f"images[{i}]") for i, im in enumerate(images)], mode, overrides)
+
+    def _detect(self, arrays: list, mode: str, overrides: dict) -> list[Detections]:
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
+        p = self._resolve(overrides)
+        stats = RunStats(mode, len(arrays), len(p.scales), self.backend_name, self.device, p.padding)
+        with self._count_syncs(stats):
+            device = torch.device(self.device)
+            fill = _mean_bgr(self.bundle.input)
+            with stats.stage("chips"):
+                images = [torch.from_numpy(pad_extreme_aspect(a, fill)).to(device) for a in arrays]
+            ctx = cascade.Context(images=images, image_sizes=[a.shape[:2] for a in arrays], network=self._infer,
+                                  bundle=self.bundle, params=p, stats=stats, device=device)
+            detections = cascade.run(ctx, mode)
+        self.last_stats = stats.as_dict()
+        return detections
+
+    def _infer(self, batch: torch.Tensor) -> dict:
+        if self._backend.io == "numpy":
+            out = self._backend.infer(batch.numpy())
+            return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+        if self.backend_name == "onnxruntime":
+            self._ort_runs += 1
+        return self._backend.infer(batch)
+
+    @contextmanager
+    def _count_syncs(self, stats: RunStats):
+        """On CUDA: counts the synchronising torch operations of the call (sync debug mode "warn")."""
+        if self.device != "cuda":
+            yield
+            return
+        previous = torch.cuda.get_sync_debug_mode()
+        self._ort_runs = 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield
+            finally:
+                torch.cuda.set_sync_debug_mode(previous)
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        for w in caught:  # give back every other warning
+            if w not in syncs:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        stats.host_syncs = len(syncs) + self._ort_runs
+
+    # ------------------------------------------------------------------------------------ lifetime
+
+    def close(self):
+        self._backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _mean_bgr(norm: dict) -> list:
+    """The pixel (uint8, image order) that normalises to ~0: the padding colour of padded images."""
+    mean = [round(255 * m) for m in norm["mean"]]
+    return mean[::-1] if norm["image_order"] != norm["channel_order"] else mean

@@ -1,0 +1,205 @@
+"""The cascade's parameters: the bundle's values, overridden per engine and per call, validated once.
+
+Names are the bundle.json keys (DESIGN.md: one name everywhere), plus three engine-only ones:
+    scales          [[min_side, max_side], ...] per scale
+    valid_ranges    [[lo, hi], ...] per scale, sqrt(box area) in original pixels; hi None/inf = no bound
+    chip_params     [{threshold, dilation, min_size}, ...] per transition (len(scales) - 1)
+    decode          {score_threshold, max_candidates}
+    soft_nms        {method, sigma, iou_threshold, score_threshold, class_aware}
+    max_detections  detections kept per image after Soft-NMS
+    scale           mode="single": which scale runs, 1-based (1 = the coarsest)
+    padding         "bucket": every network input padded to the smallest bundle bucket holding it (the
+                    only choice TensorRT accepts; chips of one bucket batch together); "divisor": padded
+                    to a multiple of the size divisor (32) only, as model/evaluate.py does (less compute
+                    on CPU, identical outputs to the evaluator)
+    merge_chips     merge a scale's chips of one image that overlap into their enclosing rectangle when
+                    that runs fewer pixels (True by default)
+Dict-valued parameters merge key by key (soft_nms={"sigma": 0.3} keeps the other keys); chip_params
+entries merge likewise with the bundle's entry of the same transition.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+PADDINGS = ("bucket", "divisor")
+DECODE_KEYS = ("score_threshold", "max_candidates")
+SOFT_NMS_KEYS = ("method", "sigma", "iou_threshold", "score_threshold", "class_aware")
+SOFT_NMS_METHODS = ("gaussian", "linear", "hard")
+CHIP_KEYS = ("threshold", "dilation", "min_size")
+NAMES = ("scales", "valid_ranges", "chip_params", "decode", "soft_nms", "max_detections", "scale",
+         "padding", "merge_chips")
+
+
+@dataclass(frozen=True)
+class CascadeParams:
+    scales: tuple            # ((min_side, max_side), ...) floats
+    valid_ranges: tuple      # ((lo, hi), ...) floats, hi may be inf
+    chip_params: tuple       # ({"threshold", "dilation", "min_size"}, ...)
+    decode: dict
+    soft_nms: dict
+    max_detections: int
+    scale: int               # 1-based
+    padding: str
+    merge_chips: bool
+
+
+def bundle_values(bundle) -> dict:
+    """The parameters as the bundle sets them (engine-only ones at their defaults)."""
+    return {"scales": bundle.scales, "valid_ranges": bundle.valid_ranges, "chip_params": bundle.chip_params,
+            "decode": dict(bundle.decode), "soft_nms": {"class_aware": True, **bundle.soft_nms},
+            "max_detections": bundle.max_detections, "scale": 1, "padding": "bucket", "merge_chips": True}
+
+
+def check_names(overrides: dict, where: str) -> None:
+    unknown = sorted(set(overrides) - set(NAMES))
+    if unknown:
+        raise TypeError(f"{where}: unknown parameter(s) {unknown}; known: {list(NAMES)}")
+
+
+def resolve(base: dict, *layers: dict) -> CascadeParams:
+    """base (bundle_values) overridden by each layer in turn; raises ValueError/TypeError naming the
+    parameter when a value is malformed or the per-scale lists disagree in length."""
+    values = {k: v for k, v in base.items()}
+    for layer in layers:
+        check_names(layer, "overrides")
+        for name, value in layer.items():
+            if name in ("decode", "soft_nms"):
+                values[name] = {**values[name], **_mapping(value, name)}
+            elif name == "chip_params":
+                values[name] = _merge_chip_params(values[name], value)
+            else:
+                values[name] = value
+    scales = tuple(_scale(s, i) for i, s in enumerate(_sequence(values["scales"], "scales")))
+    if not scales:
+        raise ValueError("scales: expected at least one [min_side, max_side]")
+    ranges = tuple(_valid_range(r, i) for i, r in enumerate(_sequence(values["valid_ranges"], "valid_ranges")))
+    if len(ranges) != len(scales):
+        raise ValueError(f"valid_ranges: expected one [lo, hi] per scale ({len(scales)}), got {len(ranges)}")
+    chips = tuple(_chip_params(c, i) for i, c in enumerate(_sequence(values["chip_params"], "chip_params")))
+    if len(chips) != len(scales) - 1:
+        raise ValueError(f"chip_params: expected one {{threshold, dilation, min_size}} per scale transition "
+                         f"({len(scales) - 1}), got {len(chips)}")
+    return CascadeParams(scales=scales, valid_ranges=ranges, chip_params=chips,
+                         decode=_decode(values["decode"]), soft_nms=_soft_nms(values["soft_nms"]),
+                         max_detections=_int(values["max_detections"], "max_detections", 0),
+                         scale=_scale_index(values["scale"], len(scales)),
+                         padding=_choice(values["padding"], "padding", PADDINGS),
+                         merge_chips=_bool(values["merge_chips"], "merge_chips"))
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+def _mapping(value, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"{name}: expected a dict, got {type(value).__name__}")
+    return value
+
+
+def _sequence(value, name: str):
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _merge_chip_params(current, value):
+    value = _sequence(value, "chip_params")
+    out = []
+    for i, entry in enumerate(value):
+        entry = _mapping(entry, f"chip_params[{i}]")
+        out.append({**(current[i] if i < len(current) else {}), **entry})
+    return out
+
+
+def _number(value, name: str, low=None, allow_inf=False, exclusive=False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    if low is not None and (value <= low if exclusive else value < low):
+        raise ValueError(f"{name}: expected a number {'>' if exclusive else '>='} {low}, got {value}")
+    return value
+
+
+def _int(value, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) and not (hasattr(value, "__index__")):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    value = int(value)
+    if value < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {value}")
+    return value
+
+
+def _bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+def _choice(value, name: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _scale(value, i: int) -> tuple:
+    name = f"scales[{i}]"
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{name}: expected [min_side, max_side], got {value!r}")
+    lo = _number(value[0], f"{name} min_side", 0, exclusive=True)
+    hi = _number(value[1], f"{name} max_side", 0, exclusive=True)
+    if hi < lo:
+        raise ValueError(f"{name}: expected min_side <= max_side, got {list(value)}")
+    return lo, hi
+
+
+def _valid_range(value, i: int) -> tuple:
+    name = f"valid_ranges[{i}]"
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{name}: expected [lo, hi] (hi None for no upper bound), got {value!r}")
+    lo = _number(value[0], f"{name} lo", 0)
+    hi = math.inf if value[1] is None else _number(value[1], f"{name} hi", 0, allow_inf=True)
+    if hi < lo:
+        raise ValueError(f"{name}: expected lo <= hi, got {list(value)}")
+    return lo, hi
+
+
+def _chip_params(value, i: int) -> dict:
+    name = f"chip_params[{i}]"
+    value = _mapping(value, name)
+    unknown = sorted(set(value) - set(CHIP_KEYS))
+    missing = sorted(set(CHIP_KEYS) - set(value))
+    if unknown or missing:
+        raise ValueError(f"{name}: expected keys {list(CHIP_KEYS)}; unknown {unknown}, missing {missing}")
+    dilation = _int(value["dilation"], f"{name} dilation", 1)
+    if dilation % 2 == 0:
+        raise ValueError(f"{name} dilation: expected an odd size, got {dilation}")
+    return {"threshold": _number(value["threshold"], f"{name} threshold"), "dilation": dilation,
+            "min_size": _int(value["min_size"], f"{name} min_size", 1)}
+
+
+def _decode(value: dict) -> dict:
+    unknown = sorted(set(value) - set(DECODE_KEYS))
+    if unknown:
+        raise ValueError(f"decode: unknown key(s) {unknown}; known: {list(DECODE_KEYS)}")
+    return {"score_threshold": _number(value["score_threshold"], "decode score_threshold"),
+            "max_candidates": _int(value["max_candidates"], "decode max_candidates", 0)}
+
+
+def _soft_nms(value: dict) -> dict:
+    unknown = sorted(set(value) - set(SOFT_NMS_KEYS))
+    if unknown:
+        raise ValueError(f"soft_nms: unknown key(s) {unknown}; known: {list(SOFT_NMS_KEYS)}")
+    return {"method": _choice(value["method"], "soft_nms method", SOFT_NMS_METHODS),
+            "sigma": _number(value["sigma"], "soft_nms sigma", 0, exclusive=True),
+            "iou_threshold": _number(value.get("iou_threshold", 0.3), "soft_nms iou_threshold", 0),
+            "score_threshold": _number(value["score_threshold"], "soft_nms score_threshold"),
+            "class_aware": _bool(value.get("class_aware", True), "soft_nms class_aware")}
+
+
+def _scale_index(value, count: int) -> int:
+    value = _int(value, "scale", 1)
+    if value > count:
+        raise ValueError(f"scale: expected 1..{count} (1-based index into scales), got {value}")
+    return value

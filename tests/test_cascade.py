@@ -1,0 +1,203 @@
+"""Cascade stages (runtime/cascade.py): geometry, batching, focus stacking on constructed cases, chip
+merging, and the chips the engine runs against Algorithm 1 applied (by tests/reference.py) to the
+network's own focus maps, computed here with a separate onnxruntime session."""
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from engine_fixtures import TEST_SCALES, ceil_to, resized, scale_factor, shared_bundle, val_images
+from reference import chips_to_image_reference, focus_chips_reference, stack_prune_reference
+from runtime import cascade, ops
+from runtime.engine import AutoFocusEngine
+from runtime.params import bundle_values, resolve
+from runtime.stats import RunStats
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return shared_bundle(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def engine(bundle):
+    return AutoFocusEngine(bundle, backend="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def session(bundle):
+    return ort.InferenceSession(str(bundle.folder / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def _context(bundle, image_sizes, padding="divisor", **overrides):
+    params = resolve({**bundle_values(bundle), "padding": padding}, overrides)
+    images = [torch.zeros((h, w, 3), dtype=torch.uint8) for h, w in image_sizes]
+    stats = RunStats("test", len(images), len(params.scales), "none", "cpu", padding)
+    return cascade.Context(images=images, image_sizes=list(image_sizes), network=None, bundle=bundle,
+                           params=params, stats=stats, device=torch.device("cpu"))
+
+
+def _focus_map(session, bundle, image, box, f):
+    """The network's stride-16 FocusPixel map over the real cells of `box` of `image` resized by f."""
+    x1, y1, x2, y2 = box
+    oh, ow = resized(y2 - y1, x2 - x1, f)
+    norm = bundle.input
+    batch = ops.crop_resize(image, np.array([box], np.float32), np.array([f], np.float32),
+                            (ceil_to(oh, 32), ceil_to(ow, 32)), norm["mean"], norm["std"])
+    focus = session.run(["focus"], {"image": batch})[0]
+    return focus[0, 1, :math.ceil(oh / 16), :math.ceil(ow / 16)], (oh, ow)
+
+
+def _snap(chips, parent, f):
+    """Sides within one resized pixel of the parent's sides lie on them (cascade.snap_to_parent's rule)."""
+    parent = np.asarray(parent, np.float32)
+    return np.where(np.abs(chips - parent) <= 1.0 / f, parent, chips).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------ geometry
+
+def test_resized_size_is_what_crop_resize_makes():
+    image = np.full((421, 697, 3), 255, np.uint8)
+    for box, f in [((0, 0, 697, 421), scale_factor(421, 697, TEST_SCALES[0])), ((10.5, 3.25, 300.75, 250.5), 0.37),
+                   ((0, 0, 697, 421), 0.1)]:
+        h, w = cascade.resized_size(np.array(box, np.float32), f)
+        out = ops.crop_resize(image, np.array([box], np.float32), np.array([f], np.float32), (h + 8, w + 8),
+                              (0, 0, 0), (1, 1, 1))
+        filled = out[0, 0] > 0.5  # white pixels inside the chip, zero padding outside
+        assert (filled.any(1).sum(), filled.any(0).sum()) == (h, w)
+
+
+def test_input_shape_buckets_and_divisor(bundle):
+    ctx = _context(bundle, [(100, 100)], padding="bucket")
+    assert cascade.input_shape(ctx, (77, 128)) == (96, 128)
+    assert cascade.input_shape(ctx, (100, 100)) == (128, 128)
+    assert cascade.max_batch(ctx, (96, 128)) == 2
+    ctx = _context(bundle, [(100, 100)], padding="divisor")
+    assert cascade.input_shape(ctx, (77, 128)) == (96, 128)
+    assert cascade.input_shape(ctx, (1, 33)) == (32, 64)
+    ctx = _context(bundle, [(100, 100)], padding="bucket")
+    with pytest.raises(ValueError, match="fits no bucket"):
+        cascade.input_shape(ctx, (3000, 100))
+
+
+def test_plan_batches_groups_by_shape_and_splits_at_max_batch(bundle):
+    ctx = _context(bundle, [(100, 100)] * 3, padding="bucket")
+    regions = [cascade.Region(i % 3, np.zeros(4, np.float32), 1.0, size)
+               for i, size in enumerate([(77, 128), (90, 100), (70, 120), (60, 60), (96, 128)])]
+    plan = cascade.plan_batches(ctx, regions)
+    by_shape = {}
+    for shape, idx in plan:
+        assert len(idx) <= cascade.max_batch(ctx, shape)
+        by_shape.setdefault(shape, []).extend(idx)
+        for i in idx:
+            assert cascade.input_shape(ctx, regions[i].size) == shape
+    assert sorted(i for idx in by_shape.values() for i in idx) == list(range(5))
+    assert sorted(by_shape[(96, 128)]) == [0, 1, 2, 4] and len([p for p in plan if p[0] == (96, 128)]) == 2
+    assert by_shape[(64, 64)] == [3]
+
+
+# ------------------------------------------------------------------------------------ stacking
+
+def _stack(bundle, boxes, chip, image_hw, valid_range=(0, math.inf)):
+    ctx = _context(bundle, [image_hw])
+    regions = [cascade.Region(0, np.asarray(chip, np.float32), 1.0, (1, 1))]
+    n = len(boxes)
+    dets = cascade.ScaleDetections(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.ones(n),
+                                   torch.zeros(n, dtype=torch.int32), torch.zeros(n, dtype=torch.int64),
+                                   torch.zeros(n, dtype=torch.int64))
+    return cascade.stack(ctx, dets, regions, valid_range).boxes.numpy()
+
+
+def test_stacking_drops_boxes_cut_by_an_inner_chip_border(bundle):
+    chip = (100, 50, 300, 250)                       # inside a 400 x 500 image: every side is inner
+    inside = [150, 100, 200, 150]
+    cut_right = [250, 100, 300, 150]                 # right side on the chip's right side
+    cut_left = [100, 100, 150, 150]
+    beyond = [250, 100, 350, 150]                    # crosses the chip's right side
+    kept = _stack(bundle, [inside, cut_right, cut_left, beyond], chip, (400, 500))
+    assert kept.tolist() == [inside]
+
+
+def test_stacking_keeps_boxes_on_the_image_border(bundle):
+    chip = (0, 0, 300, 250)                          # left and top sides are the image's
+    on_left = [0, 100, 50, 150]
+    on_top = [100, 0, 150, 40]
+    beyond_left = [-20, 100, 50, 150]                # clipped to the image first: then on the border
+    cut_bottom = [100, 200, 150, 250]                # bottom is an inner chip side
+    kept = _stack(bundle, [on_left, on_top, beyond_left, cut_bottom], chip, (400, 500))
+    assert kept.tolist() == [on_left, on_top, [0, 100, 50, 150]]
+
+
+def test_stacking_matches_the_reference_rule(bundle):
+    rng = np.random.default_rng(0)
+    h, w = 300, 400
+    xy = rng.uniform(-30, 420, (500, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 120, (500, 2))], 1).astype(np.float32)
+    chip = np.array([0, 60, 250, 300], np.float32)
+    clipped = boxes.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, w)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, h)
+    want = clipped[stack_prune_reference(clipped, chip, (h, w), (10, 90))]
+    got = _stack(bundle, boxes, chip, (h, w), (10, 90))
+    np.testing.assert_array_equal(got, want)
+    assert 0 < len(got) < len(boxes)
+
+
+# ------------------------------------------------------------------------------------ chips
+
+def test_merge_overlapping_chips():
+    a, b = [0, 0, 100, 100], [50, 0, 150, 100]        # union 150 x 100 < 2 x 100 x 100: merged
+    far = [300, 300, 400, 400]
+    corner = [0, 0, 100, 100], [90, 90, 300, 300]     # union 300 x 300 > the two: kept apart
+    np.testing.assert_array_equal(cascade.merge_overlapping([a, b, far]), [[0, 0, 150, 100], far])
+    np.testing.assert_array_equal(cascade.merge_overlapping(list(corner)), corner)
+    touching = [[0, 0, 100, 100], [100, 0, 200, 100]]  # no overlap: nothing to save
+    np.testing.assert_array_equal(cascade.merge_overlapping(touching), touching)
+    assert cascade.merge_overlapping([]).shape == (0, 4)
+
+
+def test_snap_to_parent():
+    parent = cascade.Region(0, np.array([0, 0, 697, 421], np.float32), 0.5, (211, 349))
+    chip = np.array([1.5, 30, 696.0, 419.5], np.float32)
+    np.testing.assert_array_equal(cascade.snap_to_parent(chip, parent), [0, 30, 697, 421])
+
+
+def test_cascade_chips_are_algorithm_1_on_the_networks_own_maps(bundle, engine, session):
+    """Scale-2 chips from the whole image's focus map, scale-3 chips from each scale-2 chip's own map."""
+    image = val_images(1)[0][0]
+    h, w = image.shape[:2]
+    f1, f2 = (scale_factor(h, w, s) for s in TEST_SCALES[:2])
+    prob, hw = _focus_map(session, bundle, image, (0, 0, w, h), f1)
+    # Thresholds at quantiles of the random network's maps, so that chips cover part of the input.
+    t1 = float(np.quantile(prob, 0.9))
+    p1 = {"threshold": t1, "dilation": 1, "min_size": 2}
+    cells = focus_chips_reference(prob, t1, 1, 2)
+    want2 = _snap(chips_to_image_reference(cells, 16, f1, hw, 2), (0, 0, w, h), f1)
+    assert 0 < len(want2)
+    want2 = cascade.merge_overlapping(want2)
+    maps2 = [_focus_map(session, bundle, image, tuple(c), f2) for c in want2]
+    t2 = float(np.quantile(np.concatenate([m.ravel() for m, _ in maps2]), 0.9))
+    p2 = {"threshold": t2, "dilation": 1, "min_size": 2}
+    want3 = []
+    for chip, (m, chip_hw) in zip(want2, maps2):
+        cells = focus_chips_reference(m, t2, 1, 2)
+        want3 += list(_snap(chips_to_image_reference(cells, 16, f2, chip_hw, 2, offset=chip[:2]), chip, f2))
+    want3 = cascade.merge_overlapping(np.array(want3, np.float32).reshape(-1, 4))
+    det = engine(image, chip_params=[p1, p2])
+    np.testing.assert_array_equal(det.chips[0], [[0, 0, w, h]])
+    np.testing.assert_allclose(det.chips[1], want2, atol=1e-3)
+    np.testing.assert_allclose(det.chips[2], want3, atol=1e-3)
+    stats = engine.last_stats
+    assert [s["chips"] for s in stats["scales"]] == [1, len(want2), len(want3)]
+    assert len(want3) > 0
+
+
+def test_no_focus_pixels_costs_only_scale_1(engine):
+    image = val_images(1)[0][0]
+    det = engine(image, chip_params=[{"threshold": 1.01}, {"threshold": 1.01}])
+    scales = engine.last_stats["scales"]
+    assert scales[0]["pixels"] > 0
+    assert [(s["chips"], s["pixels"], s["padded_pixels"]) for s in scales[1:]] == [(0, 0, 0), (0, 0, 0)]
+    assert [len(c) for c in det.chips] == [1, 0, 0]
