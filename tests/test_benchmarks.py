@@ -14,35 +14,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks import common, fps, peers, sweep, visualize
+from engine_fixtures import TEST_CHIP_PARAMS, TEST_SCALES, shared_bundle
 
-SCALES = [[96, 128], [160, 256], [256, 384]]
-VALID_RANGES = [[80, None], [40, 120], [0, 60]]
-CHIP_PARAMS = [{"threshold": 0.02, "dilation": 3, "min_size": 3}, {"threshold": 0.2, "dilation": 3, "min_size": 4}]
-BUCKETS = [(64, 64), (96, 128), (128, 96), (128, 128), (160, 256), (256, 160), (256, 256), (256, 384), (384, 256),
-           # unused here; build_bundle checks the buckets against the default scales
-           (512, 512), (800, 1280), (1280, 800), (1408, 2016), (2016, 1408)]
+SCALES = TEST_SCALES
 
 SAHI_MISSING = peers.sahi_unavailable_reason()
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """(bundle folder, annotations path, image paths): a random bundle at small scales, 2 val images."""
-    from export.build_engine import build_bundle
+    """(bundle folder, annotations path, image paths): the session's random test bundle (small scales,
+    tests/engine_fixtures.py) and 2 generated val images."""
     from model.synth import generate_split
-    from runtime.bundle import write_bundle
+    bundle = shared_bundle(tmp_path_factory)
     root = tmp_path_factory.mktemp("bench")
     annotations = generate_split(root / "val", seed=2026, count=2, split="val")
-    folder = root / "bundle"
-    bundle = build_bundle(random_init=True, seed=0, out=folder, buckets=BUCKETS, max_batch=2,
-                          parity_shapes=((1, 3, 64, 96),), log=lambda *a: None)
-    fields = {k: v for k, v in bundle.to_dict().items()
-              if k not in ("classes", "buckets", "max_batch", "precision", "artefacts")}
-    fields.update(scales=SCALES, valid_ranges=VALID_RANGES, chip_params=CHIP_PARAMS)
-    write_bundle(folder, classes=bundle.classes, buckets=bundle.buckets, max_batch=bundle.max_batch,
-                 precision=bundle.precision, **fields)
     images = sorted((root / "val" / "images").iterdir())
-    return str(folder), str(annotations), images
+    return str(bundle.folder), str(annotations), images
 
 
 def whole_image_pixels(h, w, scale):
@@ -163,7 +151,7 @@ def test_best_within_budget():
 
 
 def test_grid_parsing():
-    base = [dict(p) for p in CHIP_PARAMS]
+    base = [dict(p) for p in TEST_CHIP_PARAMS]
     settings_ = sweep.grid_settings(sweep.parse_grid(sweep.DEFAULT_GRID, 2), base)
     assert len(settings_) == 4 * 4 * 2
     combos = {(s[0]["threshold"], s[1]["threshold"], s[0]["dilation"], s[1]["dilation"]) for s in settings_}
