@@ -185,7 +185,7 @@ def format_results(results: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/peers.py", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python benchmarks/peers.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", help=f"bundle folder (default {common.DEFAULT_BUNDLE})")
     p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")

@@ -231,7 +231,7 @@ def plot(result: dict, front: list, out, budget=None, best=None, default_name=No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/sweep.py", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python benchmarks/sweep.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", help=f"bundle folder (default {common.DEFAULT_BUNDLE})")
     p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")

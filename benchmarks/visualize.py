@@ -117,7 +117,7 @@ def default_image() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/visualize.py", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python benchmarks/visualize.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", nargs="?", help="image file (default: the first image of the generated val split)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"PNG to write (default {DEFAULT_OUT})")
