@@ -1,0 +1,198 @@
+"""Speed, pixels and accuracy of AutoFocus against the full pyramid (SNIPER-style) and each single scale,
+with one engine, one backend and the same images, in one process.
+
+    python benchmarks/fps.py                              # bundles/default on the generated val split
+    python benchmarks/fps.py --images DIR --annotations coco.json --limit 100 --repeats 5 --json fps.json
+    python benchmarks/fps.py --backend torch --device cpu --batch 4 --modes autofocus,sniper
+
+Every mode first runs once (untimed) on the first batch of images (warm-up: lazy initialisation,
+allocator, TensorRT/ONNX Runtime first-call costs). Then each repeat times each mode in turn over all
+images (modes interleaved, so a slow spell of the machine hits every mode alike). Images are decoded
+before timing; a mode's time is host wall-clock over engine calls, including every stage the engine
+runs (crop/resize, network, chips, post-processing) and the final copy of detections to the host.
+
+Columns: images/s (median over repeats, with min-max), speed-up = sniper's median time / the mode's,
+pixels per image = network-input pixels of all scales (real: the resized image or chip; padded: what
+the network actually ran, up to the bucket or the next multiple of 32), the ratio of those to sniper's,
+COCO AP/AP50/APs/APm/APl (pycocotools, on the first repeat's detections) and post = the share of the
+engine's time spent in post-processing (decode, stacking, Soft-NMS; engine.last_stats).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from benchmarks import common
+
+MODE_NAMES = ("autofocus", "sniper", "single")
+
+
+def parse_modes(text: str | None, scales: int) -> list[tuple[str, str, dict]]:
+    """"autofocus,sniper,single" -> [(name, engine mode, per-call overrides)]. "single" expands to one
+    entry per scale (single1 = the coarsest); "single2" names one scale. None: all of them."""
+    items = [m.strip() for m in (text or ",".join(MODE_NAMES)).split(",") if m.strip()]
+    if not items:
+        raise ValueError("modes: expected a comma-separated list of autofocus, sniper, single, singleN")
+    out = []
+    for item in items:
+        if item in ("autofocus", "sniper"):
+            out.append((item, item, {}))
+        elif item == "single":
+            out += [(f"single{s}", "single", {"scale": s}) for s in range(1, scales + 1)]
+        elif item.startswith("single") and item[6:].isdigit() and 1 <= int(item[6:]) <= scales:
+            out.append((item, "single", {"scale": int(item[6:])}))
+        else:
+            raise ValueError(f"modes: unknown mode {item!r}; expected autofocus, sniper, single or single1.."
+                             f"single{scales}")
+    names = [n for n, _, _ in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"modes: {text!r} names a mode twice")
+    return out
+
+
+def _batches(n: int, size: int):
+    return [list(range(k, min(k + size, n))) for k in range(0, n, size)]
+
+
+def run_mode(engine, images: list, mode: str, overrides: dict, batch: int, progress=None):
+    """Runs one mode over all images. Returns (detections per image, per-call last_stats, seconds)."""
+    detections, stats = [], []
+    elapsed = 0.0
+    for idx in _batches(len(images), batch):
+        start = time.perf_counter()
+        if batch == 1:
+            dets = [engine(images[idx[0]], mode=mode, **overrides)]
+        else:
+            dets = engine.detect_batch([images[i] for i in idx], mode=mode, **overrides)
+        elapsed += time.perf_counter() - start
+        detections += dets
+        stats.append(engine.last_stats)
+        if progress is not None:
+            progress.update(1)
+    return detections, stats, elapsed
+
+
+def benchmark(engine, eval_set: common.EvalSet, modes, repeats: int = 3, batch: int = 1,
+              progress: bool = True) -> dict:
+    """Times each mode (see the module docstring); returns {name: figures} in the order of `modes`."""
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
+    images = eval_set.images
+    first = images[:batch]
+    for _, mode, overrides in modes:  # warm-up, untimed
+        run_mode(engine, first, mode, overrides, batch)
+    runs = {name: {"seconds": [], "stats": []} for name, _, _ in modes}
+    calls = len(_batches(len(images), batch)) * len(modes) * repeats
+    with tqdm(total=calls, desc="fps", unit="call", disable=not progress, file=sys.stderr) as bar:
+        for r in range(repeats):
+            for name, mode, overrides in modes:
+                dets, stats, seconds = run_mode(engine, images, mode, overrides, batch, bar)
+                runs[name]["seconds"].append(seconds)
+                runs[name]["stats"] += stats
+                if r == 0:
+                    runs[name]["detections"] = {info["id"]: d for info, d in zip(eval_set.infos, dets)}
+    results = {name: summarise(run, len(images), repeats) for name, run in runs.items()}
+    for name, run in runs.items():
+        results[name].update(common.coco_metrics(eval_set, run["detections"]))
+    add_ratios(results)
+    return results
+
+
+def summarise(run: dict, n_images: int, repeats: int) -> dict:
+    """Timing and pixel figures of one mode from its seconds per repeat and the engine's stats."""
+    seconds = run["seconds"]
+    per_repeat = run["stats"][:len(run["stats"]) // repeats]  # pixels and chips are the same every repeat
+    real = sum(common.pixels(s)[0] for s in per_repeat)
+    padded = sum(common.pixels(s)[1] for s in per_repeat)
+    scales = len(per_repeat[0]["scales"])
+    chips = [sum(s["scales"][k]["chips"] for s in per_repeat) / n_images for k in range(scales)]
+    stage = {k: sum(s["seconds"][k] for s in run["stats"]) for k in ("network", "chips", "postprocess", "total")}
+    median = statistics.median(seconds)
+    return {"images_per_s": n_images / median, "images_per_s_min": n_images / max(seconds),
+            "images_per_s_max": n_images / min(seconds), "seconds_per_repeat": seconds,
+            "seconds_median": median, "pixels_per_image": real / n_images,
+            "padded_pixels_per_image": padded / n_images, "chips_per_image": chips,
+            "stage_share": {k: (v / stage["total"] if stage["total"] else 0.0)
+                            for k, v in stage.items() if k != "total"},
+            "postprocess_share": stage["postprocess"] / stage["total"] if stage["total"] else 0.0}
+
+
+def add_ratios(results: dict) -> None:
+    """speed-up and pixel ratios against sniper (None when sniper was not run)."""
+    base = results.get("sniper")
+    for r in results.values():
+        r["speedup_vs_sniper"] = base["seconds_median"] / r["seconds_median"] if base else None
+        r["pixels_vs_sniper"] = r["pixels_per_image"] / base["pixels_per_image"] if base else None
+        r["padded_pixels_vs_sniper"] = (r["padded_pixels_per_image"] / base["padded_pixels_per_image"]
+                                        if base else None)
+
+
+def _opt(value, fmt):
+    return "n/a" if value is None else format(value, fmt)
+
+
+def format_results(results: dict) -> str:
+    headers = ["mode", "images/s", "(min-max)", "x sniper", "Mpx/img", "padded", "px/sniper", "pad/sniper",
+               "AP", "AP50", "APs", "APm", "APl", "post"]
+    rows = []
+    for name, r in results.items():
+        rows.append([name, f"{r['images_per_s']:.2f}", f"{r['images_per_s_min']:.2f}-{r['images_per_s_max']:.2f}",
+                     _opt(r["speedup_vs_sniper"], ".2f"), f"{r['pixels_per_image'] / 1e6:.3f}",
+                     f"{r['padded_pixels_per_image'] / 1e6:.3f}", _opt(r["pixels_vs_sniper"], ".3f"),
+                     _opt(r["padded_pixels_vs_sniper"], ".3f"),
+                     *(f"{r[k]:.1f}" for k in ("AP", "AP50", "APs", "APm", "APl")),
+                     f"{100 * r['postprocess_share']:.0f}%"])
+    return common.format_table(headers, rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python benchmarks/fps.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", help=f"bundle folder (default {common.DEFAULT_BUNDLE})")
+    p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: where the backend runs")
+    p.add_argument("--annotations", help="COCO JSON (default: the generated val split)")
+    p.add_argument("--images", help="image folder (default: <annotations folder>/images)")
+    p.add_argument("--limit", type=int, help="the first N images only")
+    p.add_argument("--batch", type=int, default=1, help="images per engine call (detect_batch when > 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes over the images per mode")
+    p.add_argument("--modes", help="comma-separated: autofocus, sniper, single (every scale) or singleN "
+                                   "(default: all)")
+    p.add_argument("--json", help="also write the figures, machine and versions to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        engine = common.open_engine(args.bundle, args.backend, args.device)
+        modes = parse_modes(args.modes, len(engine.params.scales))
+        eval_set = common.load_eval_set(args.annotations, args.images, args.limit)
+        results = benchmark(engine, eval_set, modes, args.repeats, args.batch, progress=not args.no_progress)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(eval_set.infos)} images from {eval_set.coco.annotations_path}; backend {engine.backend_name} on "
+          f"{engine.device}; batch {args.batch}; {args.repeats} repeat(s); {common.machine()['cpu']}")
+    print(format_results(results))
+    if args.json:
+        record = {"bundle": str(engine.bundle.folder), "annotations": str(eval_set.coco.annotations_path),
+                  "images": len(eval_set.infos), "backend": engine.backend_name, "device": engine.device,
+                  "padding": engine.params.padding, "batch": args.batch, "repeats": args.repeats,
+                  "machine": common.machine(), "versions": common.versions(),
+                  "bundle_build": engine.bundle.to_dict().get("build"), "modes": results}
+        Path(args.json).write_text(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

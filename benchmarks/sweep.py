@@ -1,0 +1,305 @@
+"""The paper's Fig. 7 on our model: AP against the pixels AutoFocus processes, over a grid of FocusChip
+parameters, with the Pareto front and the best setting for a pixel budget.
+
+    python benchmarks/sweep.py                                   # bundles/default, generated val split
+    python benchmarks/sweep.py --grid "t1=0.01,0.05;t2=0.2,0.5;d=3;k1=12,16" --budget 0.3 --png sweep.png
+
+Grid keys (per scale transition i = 1, 2, ...): t<i> threshold, d<i> dilation (odd), k<i> min_size in
+cells of the coarser focus map; "t", "d", "k" without a number are one axis that sets every transition
+to the same value. A parameter not given keeps the bundle's value. Default grid: t1 in {0.01, 0.02, 0.05, 0.1}, t2 in {0.1, 0.2, 0.3, 0.5},
+d in {1, 3}: 32 settings.
+
+Each point: pixels = the network-input pixels (real, not padded) AutoFocus runs over the whole set,
+as a fraction of sniper's (the whole image at every scale); AP etc. from pycocotools. The reference
+points are sniper (ratio 1) and each single scale.
+
+Cost: the network is deterministic, so its outputs are reused wherever the same input comes back
+(common.network_tap's cache, keyed on the batch's bytes, per image): scale 1 runs once per image for
+the whole grid (and is shared with sniper and single1), scale 2 once per distinct transition-1
+setting (the grid is walked with transition 1 outermost), and sniper's whole-image scales 2 and 3 are
+shared with single2 and single3. Only the chips' post-processing and pycocotools run per point.
+Images run one per engine call (batch 1), so the cache keys are per image.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from benchmarks import common
+
+DEFAULT_GRID = "t1=0.01,0.02,0.05,0.1;t2=0.1,0.2,0.3,0.5;d=1,3"
+KEYS = {"t": "threshold", "d": "dilation", "k": "min_size"}
+
+
+# ------------------------------------------------------------------------------------ Pareto / budget
+
+def _key(point, name: str):
+    return point[name] if isinstance(point, dict) else getattr(point, name)
+
+
+def pareto_front(points, cost: str = "pixels_ratio", gain: str = "AP") -> list:
+    """The points no other point beats: none has cost <= and gain >= with one of them strictly better.
+    Points are dicts (or objects) with `cost` and `gain` entries. Points with the same cost and gain
+    are all kept (they are equally good). Returned by ascending cost, then descending gain, then input
+    order; on the front, gain strictly rises with cost between distinct points."""
+    pts = list(points)
+    front = []
+    for i, p in enumerate(pts):
+        c, g = _number(_key(p, cost), cost), _number(_key(p, gain), gain)
+        dominated = any(_key(q, cost) <= c and _key(q, gain) >= g and (_key(q, cost) < c or _key(q, gain) > g)
+                        for j, q in enumerate(pts) if j != i)
+        if not dominated:
+            front.append((c, -g, i, p))
+    return [p for *_, p in sorted(front, key=lambda t: t[:3])]
+
+
+def best_within_budget(points, budget: float, cost: str = "pixels_ratio", gain: str = "AP"):
+    """The most accurate point with cost <= budget (ties: the cheaper, then the first given).
+    Returns None when no point fits the budget; raises ValueError for a budget that is not a positive
+    finite number."""
+    budget = _number(budget, "budget")
+    if budget <= 0:
+        raise ValueError(f"budget: expected a positive fraction of the pyramid's pixels, got {budget}")
+    fitting = [(i, p) for i, p in enumerate(points) if _key(p, cost) <= budget]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda ip: (-_key(ip[1], gain), _key(ip[1], cost), ip[0]))[1]
+
+
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    return float(value)
+
+
+# ------------------------------------------------------------------------------------ grid
+
+def parse_grid(text: str, transitions: int) -> dict:
+    """"t1=0.01,0.02;d=1,3" -> {(transitions, parameter name): [values]}, transitions a tuple of 0-based
+    indices: (0,) for "t1", all of them for "d" (one axis: every transition takes the same value)."""
+    grid, taken = {}, set()
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        name, _, values = part.partition("=")
+        name = name.strip()
+        if not values or not name or name[0] not in KEYS or not (name[1:] == "" or name[1:].isdigit()):
+            raise ValueError(f"grid: expected entries like t1=0.01,0.02 (keys t, d, k with an optional "
+                             f"transition number), got {part!r}")
+        which = tuple(range(transitions)) if name[1:] == "" else (int(name[1:]) - 1,)
+        if not all(0 <= w < transitions for w in which):
+            raise ValueError(f"grid: {name!r} names transition {name[1:]}, but the bundle has {transitions} "
+                             f"(1..{transitions})")
+        kind = KEYS[name[0]]
+        try:
+            parsed = [float(v) if kind == "threshold" else int(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"grid: {name}: expected comma-separated "
+                             f"{'numbers' if kind == 'threshold' else 'integers'}, got {values!r}") from None
+        if not parsed:
+            raise ValueError(f"grid: {name}: no values")
+        if any((w, kind) in taken for w in which):
+            raise ValueError(f"grid: {name!r} sets a parameter an earlier entry already sets")
+        taken.update((w, kind) for w in which)
+        grid[(which, kind)] = parsed
+    return grid
+
+
+def grid_settings(grid: dict, base: list) -> list[list[dict]]:
+    """Every combination, as full chip_params lists (the bundle's values where the grid says nothing),
+    with transition 1 varying slowest so settings that share it are adjacent."""
+    axes = sorted(grid)  # by first transition: transition 1's axes come first and vary slowest
+    settings = []
+    for combo in itertools.product(*(grid[a] for a in axes)):
+        params = [dict(p) for p in base]
+        for (transitions, name), value in zip(axes, combo):
+            for t in transitions:
+                params[t][name] = value
+        settings.append(params)
+    return settings
+
+
+def label(params: list[dict]) -> str:
+    return " ".join(f"t{i + 1}={p['threshold']:g} d{i + 1}={p['dilation']} k{i + 1}={p['min_size']}"
+                    for i, p in enumerate(params))
+
+
+# ------------------------------------------------------------------------------------ the sweep
+
+def sweep(engine, eval_set: common.EvalSet, settings: list, progress: bool = True) -> dict:
+    """Runs sniper, every single scale and every setting on every image; returns
+    {"sniper": point, "single": [points], "points": [points]} where a point holds its pixels (real and
+    padded, whole set), pixels_ratio / padded_ratio against sniper and the COCO metrics."""
+    scales = len(engine.params.scales)
+    refs = [("sniper", "sniper", {})] + [(f"single{s}", "single", {"scale": s}) for s in range(1, scales + 1)]
+    runs = [(name, mode, kw) for name, mode, kw in refs] + \
+           [(f"setting{i}", "autofocus", {"chip_params": p}) for i, p in enumerate(settings)]
+    dets = {name: {} for name, _, _ in runs}
+    pix = {name: [0, 0] for name, _, _ in runs}
+    for info, image in tqdm(list(zip(eval_set.infos, eval_set.images)), desc="sweep", unit="image",
+                            disable=not progress, file=sys.stderr):
+        with common.network_tap(engine, cache={}):  # per image: memory stays bounded
+            for name, mode, kw in runs:
+                dets[name][info["id"]] = engine(image, mode=mode, **kw)
+                real, padded = common.pixels(engine.last_stats)
+                pix[name][0] += real
+                pix[name][1] += padded
+    base_real, base_padded = pix["sniper"]
+
+    def point(name, **extra):
+        real, padded = pix[name]
+        return {"name": name, **extra, "pixels": real, "padded_pixels": padded,
+                "pixels_ratio": real / base_real, "padded_ratio": padded / base_padded,
+                **common.coco_metrics(eval_set, dets[name])}
+
+    return {"sniper": point("sniper"),
+            "single": [point(f"single{s}") for s in range(1, scales + 1)],
+            "points": [point(f"setting{i}", chip_params=p, label=label(p)) for i, p in enumerate(settings)]}
+
+
+def collapse_ties(points: list, marks: dict) -> list:
+    """One row per distinct (pixels, AP): the first point, its mark noting how many others tie with it
+    (settings that give the same chips, e.g. t2 values when a t1 leaves no scale-2 chips)."""
+    rows, seen = [], {}
+    for p in points:
+        key = (p["pixels"], p["padded_pixels"], p["AP"])
+        if key in seen:
+            seen[key] += 1
+            continue
+        seen[key] = 0
+        rows.append(p)
+    for p in rows:
+        n = seen[(p["pixels"], p["padded_pixels"], p["AP"])]
+        if n:
+            marks[p["name"]] = (marks.get(p["name"], "") + f" (+{n} same)").strip()
+    return rows
+
+
+def format_points(points: list, marks=None) -> str:
+    marks = marks or {}
+    headers = ["setting", "px/sniper", "pad/sniper", "AP", "AP50", "APs", "APm", "APl", ""]
+    rows = [[p.get("label", p["name"]), f"{p['pixels_ratio']:.3f}", f"{p['padded_ratio']:.3f}",
+             *(f"{p[k]:.1f}" for k in ("AP", "AP50", "APs", "APm", "APl")), marks.get(p["name"], "")]
+            for p in points]
+    return common.format_table(headers, rows)
+
+
+def plot(result: dict, front: list, out, budget=None, best=None, default_name=None) -> None:
+    """AP against pixels (fraction of sniper's): all settings, the front, sniper and single scales."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    pts = result["points"]
+    ax.scatter([p["pixels_ratio"] for p in pts], [p["AP"] for p in pts], s=18, c="0.6", label="AutoFocus settings")
+    ax.plot([p["pixels_ratio"] for p in front], [p["AP"] for p in front], "-o", c="tab:blue", ms=5,
+            label="Pareto front")
+    s = result["sniper"]
+    ax.scatter([s["pixels_ratio"]], [s["AP"]], marker="*", s=160, c="tab:red", label="sniper (3-scale pyramid)",
+               zorder=3)
+    for p in result["single"]:
+        ax.scatter([p["pixels_ratio"]], [p["AP"]], marker="s", s=40, c="tab:green", zorder=3)
+        ax.annotate(p["name"], (p["pixels_ratio"], p["AP"]), textcoords="offset points", xytext=(5, -10), fontsize=8)
+    if default_name is not None:
+        d = next((p for p in pts if p["name"] == default_name), None)
+        if d is not None:
+            ax.scatter([d["pixels_ratio"]], [d["AP"]], marker="D", s=50, facecolors="none", edgecolors="k",
+                       label="bundle's setting", zorder=4)
+    if budget is not None:
+        ax.axvline(budget, ls="--", c="0.3", lw=1, label=f"budget {budget:g}")
+    if best is not None:
+        ax.scatter([best["pixels_ratio"]], [best["AP"]], marker="o", s=120, facecolors="none",
+                   edgecolors="tab:orange", linewidths=2, label="best within budget", zorder=4)
+    ax.set_xlabel("pixels processed / pixels of the 3-scale pyramid")
+    ax.set_ylabel("COCO AP (%)")
+    ax.set_title("AutoFocus: accuracy against pixels (FocusChip parameters)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python benchmarks/sweep.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", help=f"bundle folder (default {common.DEFAULT_BUNDLE})")
+    p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: where the backend runs")
+    p.add_argument("--annotations", help="COCO JSON (default: the generated val split)")
+    p.add_argument("--images", help="image folder (default: <annotations folder>/images)")
+    p.add_argument("--limit", type=int, help="the first N images only")
+    p.add_argument("--grid", default=DEFAULT_GRID, help=f'parameter grid (default "{DEFAULT_GRID}")')
+    p.add_argument("--budget", type=float, help="print the most accurate setting within this fraction of "
+                                                "sniper's pixels (e.g. 0.3)")
+    p.add_argument("--png", default="docs/figures/sweep.png", help="plot file (default docs/figures/sweep.png)")
+    p.add_argument("--json", help="also write every point to this file")
+    p.add_argument("--all", action="store_true", help="print every setting, not only the Pareto front")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        engine = common.open_engine(args.bundle, args.backend, args.device)
+        base = [dict(p) for p in engine.params.chip_params]
+        settings = grid_settings(parse_grid(args.grid, len(base)), base)
+        from runtime import params
+        for setting in settings:  # the engine's own checks (odd dilation, ...), before the long part
+            params.resolve(params.bundle_values(engine.bundle), {"chip_params": setting})
+        if args.budget is not None:
+            best_within_budget([], args.budget)  # checks the budget before the long part
+        eval_set = common.load_eval_set(args.annotations, args.images, args.limit)
+        result = sweep(engine, eval_set, settings, progress=not args.no_progress)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    points = result["points"]
+    front = pareto_front(points)
+    best = best_within_budget(points, args.budget) if args.budget is not None else None
+    default_name = next((p["name"] for p in points if p["chip_params"] == base), None)
+    marks = {p["name"]: "front" for p in front}
+    if default_name:
+        marks[default_name] = (marks.get(default_name, "") + " bundle").strip()
+    if best is not None:
+        marks[best["name"]] = (marks.get(best["name"], "") + " best").strip()
+    print(f"{len(eval_set.infos)} images from {eval_set.coco.annotations_path}; backend {engine.backend_name} on "
+          f"{engine.device}; {len(points)} settings")
+    print(format_points([result["sniper"], *result["single"]]))
+    print()
+    print("All settings:" if args.all else "Pareto front (max AP for min pixels):")
+    print(format_points(points if args.all else collapse_ties(front, marks), marks))
+    if args.budget is not None:
+        if best is None:
+            cheapest = min(p["pixels_ratio"] for p in points)
+            print(f"\nno setting fits a budget of {args.budget:g} x sniper's pixels (the cheapest runs "
+                  f"{cheapest:.3f})")
+        else:
+            print(f"\nbest within {args.budget:g} x sniper's pixels: {best['label']} "
+                  f"(pixels {best['pixels_ratio']:.3f}, AP {best['AP']:.1f}; chip_params={json.dumps(best['chip_params'])})")
+    if args.png:
+        plot(result, front, args.png, args.budget, best, default_name)
+        print(f"plot written to {args.png}")
+    if args.json:
+        record = {"bundle": str(engine.bundle.folder), "annotations": str(eval_set.coco.annotations_path),
+                  "images": len(eval_set.infos), "backend": engine.backend_name, "device": engine.device,
+                  "grid": args.grid, "budget": args.budget, "machine": common.machine(),
+                  "versions": common.versions(), **result, "front": [p["name"] for p in front],
+                  "best_within_budget": best["name"] if best else None, "bundle_setting": default_name}
+        Path(args.json).write_text(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,292 @@
+"""benchmarks/: fps, sweep, peers (SAHI) and visualize on a tiny set (2 generated images, a random-weight
+bundle with small scales), the Pareto/budget logic on hand-made points, and the pixel accounting against
+DESIGN.md's resize rule written out here. Timings are never asserted, only that they are well-formed."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from benchmarks import common, fps, peers, sweep, visualize
+from engine_fixtures import TEST_CHIP_PARAMS, TEST_SCALES, shared_bundle
+
+SCALES = TEST_SCALES
+
+SAHI_MISSING = peers.sahi_unavailable_reason()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(bundle folder, annotations path, image paths): the session's random test bundle (small scales,
+    tests/engine_fixtures.py) and 2 generated val images."""
+    from model.synth import generate_split
+    bundle = shared_bundle(tmp_path_factory)
+    root = tmp_path_factory.mktemp("bench")
+    annotations = generate_split(root / "val", seed=2026, count=2, split="val")
+    images = sorted((root / "val" / "images").iterdir())
+    return str(bundle.folder), str(annotations), images
+
+
+def whole_image_pixels(h, w, scale):
+    """DESIGN.md: factor = min(min_side / short side, max_side / long side); sides rounded half up."""
+    f = min(scale[0] / min(h, w), scale[1] / max(h, w))
+    return math.floor(h * f + 0.5) * math.floor(w * f + 0.5)
+
+
+# ------------------------------------------------------------------------------------ fps
+
+def test_fps_main_table_json_and_pixel_accounting(tiny, tmp_path, capsys):
+    bundle, annotations, images = tiny
+    out = tmp_path / "fps.json"
+    assert fps.main(["--bundle", bundle, "--annotations", annotations, "--repeats", "1", "--json", str(out),
+                     "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    names = ["autofocus", "sniper", "single1", "single2", "single3"]
+    for name in names:
+        assert any(line.startswith(name) for line in table.splitlines()), name
+    record = json.loads(out.read_text())
+    for key in ("machine", "versions", "backend", "device", "images", "repeats", "batch", "modes"):
+        assert key in record
+    assert record["machine"]["cores"] >= 1 and record["images"] == 2
+    assert list(record["modes"]) == names
+    for r in record["modes"].values():
+        for key in ("images_per_s", "speedup_vs_sniper", "pixels_per_image", "padded_pixels_per_image",
+                    "pixels_vs_sniper", "postprocess_share", "AP", "AP50", "APs", "APm", "APl"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]), key
+        assert r["images_per_s"] > 0 and 0 <= r["postprocess_share"] <= 1 and 0 <= r["AP"] <= 100
+        assert r["padded_pixels_per_image"] >= r["pixels_per_image"]
+    # Pixels against the resize rule, computed here from the image sizes alone.
+    sizes = [cv2.imread(str(p)).shape[:2] for p in images]
+    per_scale = [np.mean([whole_image_pixels(h, w, s) for h, w in sizes]) for s in SCALES]
+    for k, expected in enumerate(per_scale):
+        assert record["modes"][f"single{k + 1}"]["pixels_per_image"] == pytest.approx(expected)
+    assert record["modes"]["sniper"]["pixels_per_image"] == pytest.approx(sum(per_scale))
+    assert record["modes"]["sniper"]["pixels_vs_sniper"] == 1.0
+    assert record["modes"]["sniper"]["speedup_vs_sniper"] == 1.0
+    # AutoFocus always runs scale 1 whole, and never more than the pyramid.
+    auto = record["modes"]["autofocus"]["pixels_per_image"]
+    assert per_scale[0] <= auto + 1e-6
+
+
+def test_fps_batch_and_mode_subset(tiny, tmp_path, capsys):
+    bundle, annotations, _ = tiny
+    out = tmp_path / "fps.json"
+    assert fps.main(["--bundle", bundle, "--annotations", annotations, "--repeats", "2", "--batch", "2",
+                     "--modes", "autofocus,single2", "--limit", "2", "--json", str(out), "--no-progress"]) == 0
+    record = json.loads(out.read_text())
+    assert list(record["modes"]) == ["autofocus", "single2"] and record["batch"] == 2
+    assert record["modes"]["autofocus"]["speedup_vs_sniper"] is None  # no sniper run: no ratio
+    assert len(record["modes"]["autofocus"]["seconds_per_repeat"]) == 2
+
+
+def test_fps_parse_modes_and_errors(tiny, capsys):
+    assert [n for n, _, _ in fps.parse_modes("sniper,single", 3)] == ["sniper", "single1", "single2", "single3"]
+    assert fps.parse_modes("single2", 3) == [("single2", "single", {"scale": 2})]
+    for bad in ("fast", "single4", "single0", "sniper,sniper", ","):
+        with pytest.raises(ValueError, match="modes"):
+            fps.parse_modes(bad, 3)
+    bundle, annotations, _ = tiny
+    assert fps.main(["--bundle", bundle, "--annotations", annotations, "--modes", "turbo"]) == 2
+    assert "modes" in capsys.readouterr().err
+    assert fps.main(["--bundle", "/nonexistent/bundle", "--annotations", annotations]) == 2
+    assert "build_engine.py" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ Pareto / budget
+
+def P(name, cost, gain):
+    return {"name": name, "pixels_ratio": cost, "AP": gain}
+
+
+def test_pareto_front_hand_made():
+    points = [P("a", 0.2, 30.0), P("dominated_by_a", 0.25, 29.0), P("b", 0.3, 35.0), P("same_cost_worse", 0.3, 33.0),
+              P("a_twin", 0.2, 30.0), P("same_gain_dearer", 1.0, 35.0), P("c", 0.5, 40.0), P("cheaper_worse", 0.1, 5.0)]
+    front = sweep.pareto_front(points)
+    assert [p["name"] for p in front] == ["cheaper_worse", "a", "a_twin", "b", "c"]
+    assert sweep.pareto_front([]) == []
+    assert sweep.pareto_front([P("x", 1.0, 1.0)])[0]["name"] == "x"
+
+
+def _front_by_sweep(points):
+    """Reference: sort by cost (then gain, high first); keep a point when its gain beats every cheaper
+    point's, or when it equals the last kept point exactly (a tie)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1], i))
+    kept, best = [], -math.inf
+    for i in order:
+        c, g = points[i]
+        if g > best or (kept and points[kept[-1]] == (c, g)):
+            kept.append(i)
+            best = max(best, g)
+    return kept
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.1, 0.2, 0.3, 0.5, 1.0]), st.sampled_from([10.0, 20.0, 25.0, 30.0])),
+                max_size=12))
+def test_pareto_front_against_a_sweep_reference(raw):
+    points = [P(str(i), c, g) for i, (c, g) in enumerate(raw)]
+    assert [int(p["name"]) for p in sweep.pareto_front(points)] == _front_by_sweep(raw)
+
+
+def test_best_within_budget():
+    points = [P("cheap", 0.1, 20.0), P("mid", 0.28, 31.0), P("mid_dearer_tie", 0.3, 31.0), P("over", 0.45, 40.0)]
+    assert sweep.best_within_budget(points, 0.3)["name"] == "mid"       # tie on AP: the cheaper
+    assert sweep.best_within_budget(points, 0.3000001)["name"] == "mid"
+    assert sweep.best_within_budget(points, 0.2)["name"] == "cheap"
+    assert sweep.best_within_budget(points, 0.1)["name"] == "cheap"     # the budget itself is allowed
+    assert sweep.best_within_budget(points, 1.0)["name"] == "over"
+    assert sweep.best_within_budget(points, 0.05) is None               # nothing fits: None
+    assert sweep.best_within_budget([], 0.5) is None
+    for bad in (0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="budget"):
+            sweep.best_within_budget(points, bad)
+    with pytest.raises(TypeError, match="budget"):
+        sweep.best_within_budget(points, "0.3")
+
+
+def test_grid_parsing():
+    base = [dict(p) for p in TEST_CHIP_PARAMS]
+    settings_ = sweep.grid_settings(sweep.parse_grid(sweep.DEFAULT_GRID, 2), base)
+    assert len(settings_) == 4 * 4 * 2
+    combos = {(s[0]["threshold"], s[1]["threshold"], s[0]["dilation"], s[1]["dilation"]) for s in settings_}
+    assert len(combos) == 32 and all(d1 == d2 for *_, d1, d2 in combos)   # "d" sets both transitions
+    assert all(s[0]["min_size"] == 3 and s[1]["min_size"] == 4 for s in settings_)  # k kept from the bundle
+    # Transition 1 varies slowest: settings sharing it are adjacent (scale-2 reuse in the sweep).
+    firsts = [(s[0]["threshold"], s[0]["dilation"]) for s in settings_]
+    assert all(firsts.count(f) == 4 for f in firsts)
+    assert sum(firsts[i] != firsts[i + 1] for i in range(31)) == 7  # 8 runs of 4
+    assert sweep.parse_grid("k1=12,16", 2) == {((0,), "min_size"): [12, 16]}
+    assert len(sweep.grid_settings(sweep.parse_grid("d1=1,3;d2=1,3", 2), base)) == 4  # untied: 2 axes
+    for bad in ("x1=1", "t3=0.1", "t1=", "d1=a", "t1=0.1;=3", "d=1,3;d2=5"):
+        with pytest.raises(ValueError, match="grid"):
+            sweep.parse_grid(bad, 2)
+
+
+# ------------------------------------------------------------------------------------ sweep
+
+def test_sweep_main_outputs(tiny, tmp_path, capsys):
+    bundle, annotations, _ = tiny
+    png, out = tmp_path / "sweep.png", tmp_path / "sweep.json"
+    assert sweep.main(["--bundle", bundle, "--annotations", annotations, "--grid", "t1=0.02,0.99;t2=0.2",
+                       "--budget", "0.5", "--png", str(png), "--json", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "Pareto front" in text and "sniper" in text
+    image = cv2.imread(str(png))
+    assert image is not None and image.ndim == 3 and image.shape[0] > 100
+    record = json.loads(out.read_text())
+    assert record["sniper"]["pixels_ratio"] == 1.0 and len(record["single"]) == 3 and len(record["points"]) == 2
+    assert set(record["front"]) <= {p["name"] for p in record["points"]}
+    for p in record["points"]:
+        assert 0 < p["pixels_ratio"] <= 1.0 + 1e-9 and {"AP", "APs", "chip_params", "label"} <= set(p)
+    # t1 = 0.99 leaves (almost surely) fewer scale-2 chips than 0.02: never more pixels.
+    a, b = record["points"]
+    assert b["pixels"] <= a["pixels"]
+    assert sweep.main(["--bundle", bundle, "--annotations", annotations, "--grid", "d1=2"]) == 2
+    assert "dilation" in capsys.readouterr().err
+
+
+def test_sweep_reuse_gives_the_engines_own_results(tiny):
+    """The sweep's cached network outputs must not change a point: compare with plain engine calls."""
+    bundle, annotations, _ = tiny
+    engine = common.open_engine(bundle)
+    eval_set = common.load_eval_set(annotations)
+    setting = [{"threshold": 0.01, "dilation": 1, "min_size": 3}, {"threshold": 0.05, "dilation": 3, "min_size": 4}]
+    result = sweep.sweep(engine, eval_set, [setting], progress=False)
+    dets, real = {}, 0
+    for info, image in zip(eval_set.infos, eval_set.images):
+        dets[info["id"]] = engine(image, chip_params=setting)
+        real += common.pixels(engine.last_stats)[0]
+    point = result["points"][0]
+    assert point["pixels"] == real
+    assert {k: point[k] for k in common.METRICS} == common.coco_metrics(eval_set, dets)
+
+
+def test_network_tap_caches_and_restores(tiny):
+    bundle, annotations, images = tiny
+    engine = common.open_engine(bundle)
+    image = cv2.imread(str(images[0]))
+    cache, record = {}, []
+    with common.network_tap(engine, cache=cache, record=record):
+        first = engine(image, mode="sniper")
+        entries = len(cache)
+        second = engine(image, mode="sniper")
+    assert entries == 3 and len(cache) == 3 and len(record) == 6  # 3 scales, run once, served twice
+    np.testing.assert_array_equal(first.boxes, second.boxes)
+    assert "_infer" not in vars(engine)  # the engine's own method again
+    np.testing.assert_array_equal(engine(image, mode="sniper").boxes, first.boxes)
+
+
+# ------------------------------------------------------------------------------------ visualize
+
+def test_focus_over_image_cells():
+    focus = np.zeros((4, 5), np.float32)
+    focus[1, 2] = 1.0
+    heat = visualize.focus_over_image(focus, 0.5, 16, (128, 160))  # a cell covers 32 x 32 original px
+    ys, xs = np.nonzero(heat)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (32, 63, 64, 95)
+    assert heat.shape == (128, 160)
+
+
+def test_visualize_main_writes_a_png(tiny, tmp_path, capsys):
+    bundle, _, images = tiny
+    out = tmp_path / "figures" / "example.png"
+    assert visualize.main([str(images[1]), "--bundle", bundle, "--out", str(out), "--score", "0.05"]) == 0
+    figure, source = cv2.imread(str(out)), cv2.imread(str(images[1]))
+    assert figure is not None and figure.shape[1] == source.shape[1] and figure.shape[0] > source.shape[0]
+    assert "chips per scale" in capsys.readouterr().out
+    assert visualize.main(["/nonexistent.jpg", "--bundle", bundle, "--out", str(out)]) == 2
+
+
+# ------------------------------------------------------------------------------------ peers (SAHI)
+
+def test_peers_without_sahi_names_the_install(tiny, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sahi", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "sahi.models.base", None)
+    monkeypatch.setitem(sys.modules, "sahi.predict", None)
+    bundle, annotations, _ = tiny
+    assert peers.main(["--bundle", bundle, "--annotations", annotations]) == 3
+    assert peers.SAHI_INSTALL in capsys.readouterr().err
+
+
+@pytest.mark.skipif(SAHI_MISSING is not None, reason=SAHI_MISSING or "")
+def test_peers_main_outputs(tiny, tmp_path, capsys):
+    bundle, annotations, _ = tiny
+    out = tmp_path / "peers.json"
+    assert peers.main(["--bundle", bundle, "--annotations", annotations, "--repeats", "1", "--slice", "256",
+                       "--json", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert any(line.startswith("sahi") for line in text.splitlines())
+    record = json.loads(out.read_text())
+    assert list(record["methods"]) == ["autofocus", "sniper", "sahi"]
+    s = record["methods"]["sahi"]
+    assert s["images_per_s"] > 0 and s["pixels_per_image"] > 0 and 0 <= s["AP"] <= 100
+    assert record["sahi"]["postprocess_used"] == "NMS"  # SAHI's own switch below confidence 0.1
+    assert "sahi" in record["versions"]
+
+
+@pytest.mark.skipif(SAHI_MISSING is not None, reason=SAHI_MISSING or "")
+def test_sahi_wrapper_is_the_engines_detector(tiny):
+    """One slice holding the whole image (so no extra full-image pass): SAHI's boxes are a subset of the
+    engine's own single-scale detections above the confidence floor (channels, shifts, labels intact)."""
+    from sahi.predict import get_sliced_prediction
+    bundle, annotations, _ = tiny
+    engine = common.open_engine(bundle)
+    eval_set = common.load_eval_set(annotations, limit=1)
+    image = eval_set.images[0]
+    model = peers.engine_detection_model(engine, 3, 0.05)
+    result = get_sliced_prediction(np.ascontiguousarray(image[..., ::-1]), model, slice_height=4096, slice_width=4096,
+                                   verbose=0)
+    got = peers.to_detections(result.object_prediction_list)
+    ref = engine(image, mode="single", scale=3)
+    keep = ref.scores >= 0.05
+    assert len(got) > 0 and len(got) <= keep.sum()
+    expected = {(tuple(np.round(b, 2)), int(c)) for b, c in zip(ref.boxes[keep], ref.labels[keep])}
+    for b, c in zip(got.boxes, got.labels):
+        assert (tuple(np.round(b, 2)), int(c)) in expected
+    assert model.pixels[0] == whole_image_pixels(*image.shape[:2], SCALES[2])
