@@ -16,4 +16,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-.PHONY: install run test
+# The SAHI comparison (benchmarks/peers.py) needs sahi, installed without its opencv-python requirement
+# (it would clash with opencv-python-headless); sliced prediction needs only shapely beside it.
+peers-deps: $(STAMP)
+	$(PY) -m pip install -q --no-deps sahi==0.12.8 shapely
+
+.PHONY: install run test peers-deps
