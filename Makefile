@@ -1,6 +1,9 @@
 # The two set-up commands of the README: `make run` (main job) and `make test` (test suite).
 # Both install what they need first; the install is redone only when the build inputs change.
 PY ?= python3
+# Torch's OpenMP threads spin while waiting by default; on a small shared machine (CI, 2 cores) that
+# makes every step several times slower. Passive waiting costs little on a dedicated one.
+export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := build/.installed
 
 $(STAMP): pyproject.toml setup.py CMakeLists.txt $(shell find csrc -type f 2>/dev/null)

@@ -120,11 +120,10 @@ def network_tap(engine, cache: dict | None = None, record: list | None = None):
     running the network again. The cascade is deterministic given the network's outputs, so a cached
     run gives the same detections and the same pixel accounting (last_stats counts inputs, not runs).
     record: a list; each call appends (input batch, outputs), e.g. to read the scale-1 focus map.
-    The engine exposes no public hook for this, so the tap replaces its bound `_infer` on the instance
-    and restores it afterwards.
+    The tap replaces the engine's public `infer` on the instance and restores it afterwards.
     """
-    inner = engine._infer
-    had_own = "_infer" in vars(engine)
+    inner = engine.infer
+    had_own = "infer" in vars(engine)
 
     def tapped(batch):
         key = None
@@ -143,11 +142,11 @@ def network_tap(engine, cache: dict | None = None, record: list | None = None):
             record.append((batch, out))
         return out
 
-    engine._infer = tapped
+    engine.infer = tapped
     try:
         yield engine
     finally:
         if had_own:
-            engine._infer = inner
+            engine.infer = inner
         else:
-            del engine._infer  # back to the class's bound method
+            del engine.infer  # back to the class's bound method

@@ -84,13 +84,16 @@ class AutoFocusEngine:
             fill = _mean_bgr(self.bundle.input)
             with stats.stage("chips"):
                 images = [torch.from_numpy(pad_extreme_aspect(a, fill)).to(device) for a in arrays]
-            ctx = cascade.Context(images=images, image_sizes=[a.shape[:2] for a in arrays], network=self._infer,
+            ctx = cascade.Context(images=images, image_sizes=[a.shape[:2] for a in arrays], network=self.infer,
                                   bundle=self.bundle, params=p, stats=stats, device=device)
             detections = cascade.run(ctx, mode)
         self.last_stats = stats.as_dict()
         return detections
 
-    def _infer(self, batch: torch.Tensor) -> dict:
+    def infer(self, batch: torch.Tensor) -> dict:
+        """The network on one (N, 3, H, W) normalised batch -> {"scores", "ltrb", "focus"} as torch
+        tensors on the engine's device (docs/contract.md). The cascade calls it through this attribute,
+        so wrapping it on an instance observes or caches every network run (benchmarks/common.py)."""
         if self._backend.io == "numpy":
             out = self._backend.infer(batch.numpy())
             return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}

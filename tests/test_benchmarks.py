@@ -218,7 +218,7 @@ def test_network_tap_caches_and_restores(tiny):
         second = engine(image, mode="sniper")
     assert entries == 3 and len(cache) == 3 and len(record) == 6  # 3 scales, run once, served twice
     np.testing.assert_array_equal(first.boxes, second.boxes)
-    assert "_infer" not in vars(engine)  # the engine's own method again
+    assert "infer" not in vars(engine)  # the engine's own method again
     np.testing.assert_array_equal(engine(image, mode="sniper").boxes, first.boxes)
 
 
