@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from model.chips import (Chip, chip_boxes, negative_chips, normalize_rgb, padded_size, positive_chips,
+from runtime import ops
+
+from model.chips import (Chip, chip_boxes, negative_chips, padded_size, positive_chips,
                          render_chip, scale_factor)
 from model.config import load_config
 from model.labels import detection_targets, focus_labels, valid_range_mask
@@ -208,25 +210,6 @@ def compute_losses(outputs: dict, targets: dict, config: dict) -> dict:
 
 # ----------------------------------------------------------------------------- inference helpers
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Plain greedy NMS in torch (validation and mining only; the runtime has its own ops)."""
-    order = scores.argsort(descending=True)
-    boxes = boxes[order]
-    if len(boxes) == 0:
-        return order
-    x1, y1, x2, y2 = boxes.unbind(1)
-    areas = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
-    iw = (torch.min(x2[:, None], x2[None]) - torch.max(x1[:, None], x1[None])).clamp(min=0)
-    ih = (torch.min(y2[:, None], y2[None]) - torch.max(y1[:, None], y1[None])).clamp(min=0)
-    inter = iw * ih
-    iou = inter / (areas[:, None] + areas[None] - inter + 1e-9)
-    keep = torch.ones(len(boxes), dtype=torch.bool)
-    for i in range(len(boxes)):
-        if keep[i]:
-            keep[i + 1:] &= iou[i, i + 1:] <= iou_threshold
-    return order[keep]
-
-
 @torch.no_grad()
 def detect_resized(model: AutoFocusNet, image_bgr: np.ndarray, factor: float, config: dict,
                    score_threshold: float = 0.05, max_detections: int = 100):
@@ -249,12 +232,8 @@ def detect_resized(model: AutoFocusNet, image_bgr: np.ndarray, factor: float, co
     labels = idx // (gh * gw)
     cell = idx % (gh * gw)
     boxes = ltrb_to_boxes(out["ltrb"], config["network"]["det_stride"])[0].reshape(4, -1)[:, cell].T / factor
-    kept = []
-    for cl in labels.unique():
-        sel = torch.nonzero(labels == cl).flatten()
-        kept.append(sel[nms(boxes[sel], top[sel], config["validation"]["nms_iou"])])
-    kept = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long)
-    kept = kept[top[kept].argsort(descending=True)][:max_detections]
+    # Class-aware NMS; keep comes back by descending score.
+    kept = ops.nms(boxes.contiguous(), top.contiguous(), config["validation"]["nms_iou"], labels)[:max_detections]
     return boxes[kept].numpy(), top[kept].numpy(), labels[kept].numpy(), out["focus"][0, 1].numpy()
 
 
