@@ -143,7 +143,7 @@ def build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=DEFAULT_OUT, precision: str 
         exporter.export_onnx(model, work / "model.onnx")
         step(3, f"checking model.onnx against PyTorch on {len(parity_shapes)} shapes (onnxruntime CPU)")
         parity = {"onnx_fp32": exporter.check_parity(model, work / "model.onnx", parity_shapes)}
-        log(f"      max abs error: {_fmt(parity['onnx_fp32'])}")
+        log(f"      max error (ltrb relative to max(1, |ltrb|)): {_fmt(parity['onnx_fp32'])}")
         step(4, "converting to model_fp16.onnx (fp32 I/O) and checking it")
         exporter.export_onnx_fp16(work / "model.onnx", work / "model_fp16.onnx")
         parity["onnx_fp16"] = exporter.check_fp16_parity(model, work / "model_fp16.onnx", parity_shapes)

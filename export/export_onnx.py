@@ -30,6 +30,9 @@ DEFAULT_OPSET = 18          # the dynamo exporter's native opset (>= 17 as requi
 MAX_SIDE_CELLS = 128        # dynamic H and W up to 32 * 128 = 4096 px
 PARITY_SHAPES = ((1, 3, 384, 512), (2, 3, 512, 512), (3, 3, 640, 896))
 FP32_TOLERANCE = 1e-4
+# ltrb is in pixels (hundreds for large boxes), where float32 itself rounds at ~1e-5 px: its bar is
+# relative, |a - b| <= 1e-4 * max(1, |b|), i.e. still 1e-4 absolute below one pixel.
+FP32_RELATIVE = {"ltrb"}
 # fp16 storage has 11 significant bits: 1e-2 absolute on the [0, 1] outputs, 1e-2 relative on ltrb (px).
 FP16_TOLERANCE = {"scores": 1e-2, "ltrb": 1e-2, "focus": 1e-2}
 FP16_RELATIVE = {"ltrb"}
@@ -249,7 +252,7 @@ def _torch_reference(model: torch.nn.Module, image: torch.Tensor):
 
 
 def check_parity(model: torch.nn.Module, onnx_path: str | os.PathLike, shapes=PARITY_SHAPES,
-                 tolerance=FP32_TOLERANCE, relative=(), tie_tolerance: float = 1e-5, seed: int = 0) -> dict:
+                 tolerance=FP32_TOLERANCE, relative=FP32_RELATIVE, tie_tolerance: float = 1e-5, seed: int = 0) -> dict:
     """Runs the ONNX under onnxruntime (CPU) and PyTorch on the same inputs of every shape in
     `shapes`; returns {output: max abs error over all shapes, 'scores_tie_flips': count, 'shapes': n}.
     Raises ParityError naming the output that exceeds `tolerance` (default 1e-4)."""

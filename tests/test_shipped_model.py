@@ -1,0 +1,41 @@
+"""The shipped default model (model/checkpoints/default.pt) on a slice of the bundled val split, through
+model.evaluate (pycocotools): the figures stay above floors set well below what the model measured on
+the whole split (see README), so a broken checkpoint, decode, valid range or Soft-NMS shows up here."""
+import pytest
+
+from model.evaluate import DEFAULT_CHECKPOINT, evaluate
+
+SLICE = 24  # images of the val split: ~15 s on 2 CPU cores
+# Floors, in AP points on this slice: the model measured AP ~48 (pyramid) on the whole val split.
+PYRAMID_AP_FLOOR = 35.0
+PYRAMID_AP50_FLOOR = 60.0
+
+
+@pytest.fixture(scope="module")
+def report():
+    if not DEFAULT_CHECKPOINT.is_file():
+        pytest.fail(f"the shipped checkpoint {DEFAULT_CHECKPOINT} is missing from the repository")
+    return evaluate(DEFAULT_CHECKPOINT, limit=SLICE, progress=False)
+
+
+def test_pyramid_ap_above_floor(report):
+    pyramid = report["modes"]["pyramid"]
+    assert pyramid["AP"] >= PYRAMID_AP_FLOOR, report["modes"]
+    assert pyramid["AP50"] >= PYRAMID_AP50_FLOOR, report["modes"]
+
+
+def test_pyramid_beats_every_single_scale(report):
+    modes = report["modes"]
+    assert all(modes["pyramid"]["AP"] > modes[f"scale{i}"]["AP"] for i in (1, 2, 3)), modes
+
+
+def test_finest_scale_finds_the_small_objects(report):
+    # The reason to go multi-scale: scale 3 sees small objects that scale 1 cannot.
+    modes = report["modes"]
+    assert modes["scale3"]["APs"] > modes["scale1"]["APs"] + 20, modes
+
+
+def test_focus_chips_hold_most_small_objects(report):
+    for name, quality in report["focus"].items():
+        assert quality["recall"] is not None and quality["recall"] > 0.8, (name, quality)
+        assert 0 < quality["coverage"] <= 1, (name, quality)
