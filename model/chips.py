@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from runtime.cascade import scale_factor  # one rule for training and inference
+
 from model.labels import valid_range_mask
 
 MEAN_RGB = (0.485, 0.456, 0.406)
@@ -29,17 +31,6 @@ class Chip:
     y0: int
     size: int            # chip side in resized pixels (network input side)
     negative: bool = False
-
-
-def scale_factor(height: int, width: int, scale) -> float:
-    """Resize factor for a (min_side, max_side) scale; min_side = -1 means "max side = max_side"."""
-    if height <= 0 or width <= 0:
-        raise ValueError(f"height, width: expected positive sizes, got {height}x{width}")
-    min_side, max_side = scale
-    by_max = max_side / max(height, width)
-    if min_side is None or min_side < 0:
-        return float(by_max)
-    return float(min(min_side / min(height, width), by_max))
 
 
 def candidate_origins(length: int, chip_size: int, grid_stride: int) -> np.ndarray:

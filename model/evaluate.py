@@ -23,8 +23,9 @@ import torch
 from tqdm import tqdm
 
 from runtime import ops
+from runtime.cascade import scale_factor
 
-from .chips import padded_size, scale_factor
+from .chips import padded_size
 from .config import load_config
 from .data import load_coco, read_image
 from .synth import ensure_split

@@ -63,9 +63,15 @@ class Context:
 # ------------------------------------------------------------------------------------ geometry
 
 def scale_factor(height: int, width: int, scale) -> float:
-    """DESIGN.md: min(min_side / short side, max_side / long side)."""
+    """DESIGN.md: min(min_side / short side, max_side / long side); min_side < 0 (a training scale such
+    as (-1, 512)) bounds the long side only."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"height, width: expected positive sizes, got {height}x{width}")
     min_side, max_side = scale
-    return min(min_side / min(height, width), max_side / max(height, width))
+    by_max = max_side / max(height, width)
+    if min_side is None or min_side < 0:
+        return float(by_max)
+    return float(min(min_side / min(height, width), by_max))
 
 
 def resized_size(box, factor: float) -> tuple:
