@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from export import build_engine
+from export.buckets import MAX_BUCKETS
 from export.export_onnx import (FP32_TOLERANCE, OUTPUT_NAMES, ParityError, check_fp16_parity, check_parity,
                                 check_torch_program_parity, compare_outputs, export_onnx)
 from runtime.bundle import load_bundle
@@ -37,7 +38,7 @@ def test_cli_writes_a_valid_bundle(built):
     assert code == 0, printed
     b = load_bundle(out)
     assert {"model.onnx", "model_fp16.onnx", "model.pt2"} <= set(b.artefacts)
-    assert b.classes and len(b.buckets) == len(b.max_batch) <= 12
+    assert b.classes and len(b.buckets) == len(b.max_batch) <= MAX_BUCKETS
     assert b.parity["onnx_fp32"]["shapes"] >= 3
     assert all(b.parity["onnx_fp32"][k] <= FP32_TOLERANCE for k in OUTPUT_NAMES)
     assert b.build["random_init"] is True
