@@ -29,6 +29,16 @@ class EvalSet:
     images: list            # HxWx3 uint8 BGR arrays, decoded once so decoding is never timed
 
 
+def add_common_arguments(p) -> None:
+    """The options every benchmark shares: which bundle, backend and device, and which images."""
+    p.add_argument("--bundle", help=f"bundle folder (default {DEFAULT_BUNDLE})")
+    p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: where the backend runs")
+    p.add_argument("--annotations", help="COCO JSON (default: the generated val split)")
+    p.add_argument("--images", help="image folder (default: <annotations folder>/images)")
+    p.add_argument("--limit", type=int, help="the first N images only")
+
+
 def load_eval_set(annotations=None, images_dir=None, limit: int | None = None) -> EvalSet:
     """A COCO set (default: the generated val split, model.synth.ensure_split("val")), its first `limit`
     images decoded into memory."""

@@ -156,12 +156,7 @@ def format_results(results: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/fps.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", help=f"bundle folder (default {common.DEFAULT_BUNDLE})")
-    p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: where the backend runs")
-    p.add_argument("--annotations", help="COCO JSON (default: the generated val split)")
-    p.add_argument("--images", help="image folder (default: <annotations folder>/images)")
-    p.add_argument("--limit", type=int, help="the first N images only")
+    common.add_common_arguments(p)
     p.add_argument("--batch", type=int, default=1, help="images per engine call (detect_batch when > 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the images per mode")
     p.add_argument("--modes", help="comma-separated: autofocus, sniper, single (every scale) or singleN "

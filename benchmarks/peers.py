@@ -187,12 +187,7 @@ def format_results(results: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/peers.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", help=f"bundle folder (default {common.DEFAULT_BUNDLE})")
-    p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: where the backend runs")
-    p.add_argument("--annotations", help="COCO JSON (default: the generated val split)")
-    p.add_argument("--images", help="image folder (default: <annotations folder>/images)")
-    p.add_argument("--limit", type=int, help="the first N images only")
+    common.add_common_arguments(p)
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the images")
     p.add_argument("--modes", default="autofocus,sniper", help="engine modes beside SAHI (fps.py's names)")
     p.add_argument("--slice", type=int, default=512, help="SAHI slice side in original pixels (default 512)")

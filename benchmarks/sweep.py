@@ -233,12 +233,7 @@ def plot(result: dict, front: list, out, budget=None, best=None, default_name=No
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/sweep.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", help=f"bundle folder (default {common.DEFAULT_BUNDLE})")
-    p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: where the backend runs")
-    p.add_argument("--annotations", help="COCO JSON (default: the generated val split)")
-    p.add_argument("--images", help="image folder (default: <annotations folder>/images)")
-    p.add_argument("--limit", type=int, help="the first N images only")
+    common.add_common_arguments(p)
     p.add_argument("--grid", default=DEFAULT_GRID, help=f'parameter grid (default "{DEFAULT_GRID}")')
     p.add_argument("--budget", type=float, help="print the most accurate setting within this fraction of "
                                                 "sniper's pixels (e.g. 0.3)")
