@@ -119,15 +119,6 @@ def _odd_size(value, name: str) -> int:
     return value
 
 
-def _finite_number(value, name: str, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    value = float(value)
-    if not np.isfinite(value) or (positive and value <= 0):
-        raise ValueError(f"{name}: expected a finite{' positive' if positive else ''} number, got {value}")
-    return value
-
-
 def _check_cells(shape, name: str):
     if int(shape[-2]) * int(shape[-1]) > _MAX_CELLS:  # (np.prod costs more than a small dilate)
         raise ValueError(f"{name}: a map of {shape[-2]} x {shape[-1]} cells exceeds the int32 index range")
@@ -191,7 +182,7 @@ def connected_components(mask):
 
 def _focus_chips(probs, valid_hw: np.ndarray, threshold, dilation, min_size, name: str, like):
     """Algorithm 1 over a (B, H, W) float32 batch (checked); returns chips (M, 4), batch_index (M,)."""
-    threshold = _finite_number(threshold, "threshold")
+    threshold = _number(threshold, "threshold")
     dilation = _odd_size(dilation, "dilation")
     min_size = _int_at_least(min_size, "min_size", 1)
     batch, height, width = probs.shape
@@ -282,7 +273,7 @@ def chips_to_image(chips, stride, scale, input_hw, min_size: int, offset=(0, 0))
     CUDA chips stay on the GPU (computed with torch ops, in float64 like the NumPy path).
     """
     c = _array(chips, "chips", (np.int32, np.int64), ndim=2, last_dim=4)
-    stride = _finite_number(stride, "stride", positive=True)
+    stride = _number(stride, "stride", 0.0, exclusive=True)
     min_size = _int_at_least(min_size, "min_size", 1)
     count = c.shape[0]
     scale = _per_item(scale, "scale", count, None).reshape(-1, 1)

@@ -22,6 +22,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# One number check for the whole package: finite, with an optional lower bound.
+from .ops import _number
+
 PADDINGS = ("bucket", "divisor")
 DECODE_KEYS = ("score_threshold", "max_candidates")
 SOFT_NMS_KEYS = ("method", "sigma", "iou_threshold", "score_threshold", "class_aware")
@@ -109,17 +112,6 @@ def _merge_chip_params(current, value):
         entry = _mapping(entry, f"chip_params[{i}]")
         out.append({**(current[i] if i < len(current) else {}), **entry})
     return out
-
-
-def _number(value, name: str, low=None, allow_inf=False, exclusive=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value) or (math.isinf(value) and not allow_inf):
-        raise ValueError(f"{name}: expected a finite number, got {value}")
-    if low is not None and (value <= low if exclusive else value < low):
-        raise ValueError(f"{name}: expected a number {'>' if exclusive else '>='} {low}, got {value}")
-    return value
 
 
 def _int(value, name: str, low: int) -> int:
