@@ -34,20 +34,22 @@ def add_common_arguments(p) -> None:
     p.add_argument("--bundle", help=f"bundle folder (default {DEFAULT_BUNDLE})")
     p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: where the backend runs")
-    p.add_argument("--annotations", help="COCO JSON (default: the generated val split)")
+    p.add_argument("--split", default="val", choices=("val", "tune"),
+                   help="which generated split (default val; tune: for choosing settings, see sweep.py)")
+    p.add_argument("--annotations", help="COCO JSON (default: the generated --split)")
     p.add_argument("--images", help="image folder (default: <annotations folder>/images)")
     p.add_argument("--limit", type=int, help="the first N images only")
 
 
-def load_eval_set(annotations=None, images_dir=None, limit: int | None = None) -> EvalSet:
-    """A COCO set (default: the generated val split, model.synth.ensure_split("val")), its first `limit`
+def load_eval_set(annotations=None, images_dir=None, limit: int | None = None, split: str = "val") -> EvalSet:
+    """A COCO set (default: the generated `split`, model.synth.ensure_split(split)), its first `limit`
     images decoded into memory."""
     from model.data import load_coco, read_image
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit: expected a positive number of images, got {limit!r}")
     if annotations is None:
         from model.synth import ensure_split
-        annotations = ensure_split("val") / "annotations.json"
+        annotations = ensure_split(split) / "annotations.json"
     coco = load_coco(annotations, images_dir)
     infos = coco.images[:limit] if limit else list(coco.images)
     if not infos:

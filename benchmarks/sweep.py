@@ -255,7 +255,7 @@ def main(argv=None) -> int:
             params.resolve(params.bundle_values(engine.bundle), {"chip_params": setting})
         if args.budget is not None:
             best_within_budget([], args.budget)  # checks the budget before the long part
-        eval_set = common.load_eval_set(args.annotations, args.images, args.limit)
+        eval_set = common.load_eval_set(args.annotations, args.images, args.limit, args.split)
         result = sweep(engine, eval_set, settings, progress=not args.no_progress)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -95,6 +95,24 @@ def focus_labels(boxes, chip_hw, stride: int = 16, a: float = 5.0, b: float = 64
     return labels
 
 
+def focus_positive_spans(boxes, chip_hw, stride: int = 16, a: float = 5.0, b: float = 64.0) -> np.ndarray:
+    """The cells of each FocusPixel-positive box (a < sqrt(area) < b) as (P, 4) int64 [y0, y1, x0, x1),
+    one row per box that covers a cell: focus_labels' label-1 cells are the union of these spans.
+    Lets a loss or a metric count objects rather than cells (model/focus_refit.py)."""
+    boxes = _check_boxes(boxes)
+    h, w = int(chip_hw[0]), int(chip_hw[1])
+    gh, gw = -(-h // stride), -(-w // stride)
+    spans = []
+    for box, s in zip(boxes, box_sizes(boxes)):
+        if not a < s < b or box[2] <= box[0] or box[3] <= box[1]:
+            continue
+        x0, x1 = _cell_span(box[0], box[2], stride, gw)
+        y0, y1 = _cell_span(box[1], box[3], stride, gh)
+        if x1 > x0 and y1 > y0:
+            spans.append((y0, y1, x0, x1))
+    return np.array(spans, np.int64).reshape(-1, 4)
+
+
 def _gaussian_window(cx_cell: int, cy_cell: int, sx: float, sy: float, rx: int, ry: int, gw: int, gh: int):
     x0, x1 = max(cx_cell - rx, 0), min(cx_cell + rx + 1, gw)
     y0, y1 = max(cy_cell - ry, 0), min(cy_cell + ry + 1, gh)

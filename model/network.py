@@ -112,18 +112,32 @@ class AutoFocusNet(nn.Module):
         if h % SIZE_DIVISOR or w % SIZE_DIVISOR or h == 0 or w == 0:
             raise ValueError(f"image: H and W must be positive multiples of {SIZE_DIVISOR}, got {h}x{w}")
 
-    def forward(self, image: torch.Tensor, export: bool | None = None):
-        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
-            self.check_input(image)
+    def _trunk(self, image: torch.Tensor):
+        """Backbone and the top of the FPN: (c3, p4), p4 being the stride-16 map the focus head reads."""
         c3, c4, c5 = self.backbone(image)
         p5 = self.lat5(c5)
         p4 = self.smooth4(self.lat4(c4) + F.interpolate(p5, scale_factor=2.0, mode="nearest"))
+        return c3, p4
+
+    def focus_features(self, image: torch.Tensor) -> torch.Tensor:
+        """The stride-16 features (N, fpn_width, H/16, W/16) under the focus head (model/focus_refit.py)."""
+        self.check_input(image)
+        return self._trunk(image)[1]
+
+    def focus_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The FocusPixel head on stride-16 features: (N, 2, h, w) logits."""
+        return self.focus_out(F.relu(self.focus_conv(features)))
+
+    def forward(self, image: torch.Tensor, export: bool | None = None):
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            self.check_input(image)
+        c3, p4 = self._trunk(image)
         p3 = self.smooth3(self.lat3(c3) + F.interpolate(p4, scale_factor=2.0, mode="nearest"))
         h = self.head(p3)
         cls_logits = self.cls_out(h)
         # Distances as base * exp(raw): positive, scale-free learning of log-distances.
         ltrb = self.ltrb_base * torch.exp(self.reg_out(h).clamp(-8.0, 8.0))
-        focus_logits = self.focus_out(F.relu(self.focus_conv(p4)))
+        focus_logits = self.focus_logits(p4)
         if export is None:
             export = self.export_mode
         if not export:

@@ -192,6 +192,14 @@ class TestCliAndEnsure:
         synth.generate_split(tmp_path / "ref", seed=2026, count=3, split="val")
         assert _files(out / "images") == _files(tmp_path / "ref" / "images")
 
+    def test_default_splits_share_no_images(self):
+        """tune (choosing settings), val (measuring) and train are drawn from different seeds, so no image
+        of one is an image of another."""
+        seeds = [seed for seed, _ in synth.DEFAULT_SPLITS.values()]
+        assert len(set(seeds)) == len(seeds)
+        firsts = [synth.generate_image(seed, 0)[0] for seed in seeds]
+        assert all(not np.array_equal(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1:])
+
     def test_ensure_split_rejects_unknown(self):
         with pytest.raises(ValueError, match="split"):
             synth.ensure_split("test")

@@ -1,0 +1,266 @@
+"""Refit the FocusPixel head on the inputs it sees at inference, with the rest of the network frozen.
+
+    python -m model.focus_refit                  # model/checkpoints/default.pt -> runs/default/focus_refit.pt
+    python -m model.focus_refit --checkpoint runs/default/final.pt --out my.pt --minutes 10
+
+Why: in SNIPER training the focus head gets one loss term among three, on 512-px chips; at inference it
+decides where the finer scales run, on the whole image at scale 1 and on large chips at scale 2. How
+well it ranks cells decides how many pixels AutoFocus needs for a given recall (with ground-truth focus
+maps the cascade needs about half the pixels it does with the jointly trained head). With the trunk
+frozen, the stride-16 features of every training image at every scale that makes chips can be computed
+once, and the head (3x3 conv, ReLU, 1x1 conv, 37 k weights) trained on them for many epochs in minutes.
+The detection outputs do not change at all: only `focus_conv` and `focus_out` are refit.
+
+Labels are the paper's FocusPixel labels (config "focus_labels": a, b, c) of the whole resized image,
+made exactly as at inference: the image resized by ops.crop_resize with the inference scale's factor
+(config "inference" scales), padded to 32. Cells of the padding are ignored. The last `--holdout` of
+the training images are held out; the epoch whose head covers the fewest cells at 95% recall of the
+held-out positive cells is kept.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see model/train.py
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from runtime import ops
+from runtime.cascade import resized_size, scale_factor
+
+from model.data import load_coco
+from model.labels import FOCUS_IGNORE, focus_labels, focus_positive_spans
+from model.train import load_model, load_split, read_image, save_checkpoint
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default.pt"
+DEFAULT_OUT = Path("runs/default/focus_refit.pt")
+RECALL = 0.95
+
+
+def inference_input(image_bgr: np.ndarray, factor: float, config: dict) -> tuple[torch.Tensor, tuple]:
+    """The whole image as the runtime feeds it at `factor`: (1, 3, H32, W32) and its real (h, w)."""
+    h, w = image_bgr.shape[:2]
+    size = resized_size((0, 0, w, h), factor)
+    div = config["input"]["size_divisor"]
+    shape = (max(div, math.ceil(size[0] / div) * div), max(div, math.ceil(size[1] / div) * div))
+    inp = config["input"]
+    x = ops.crop_resize(image_bgr, np.array([[0, 0, w, h]], np.float32), np.array([factor], np.float32),
+                        shape, inp["mean_rgb"], inp["std_rgb"], bgr_to_rgb=True)
+    return torch.as_tensor(x), size
+
+
+def map_labels(boxes_original: np.ndarray, factor: float, size: tuple, padded_cells: tuple, config: dict) -> np.ndarray:
+    """FocusPixel labels of the resized image, padded with FOCUS_IGNORE to the padded input's cells."""
+    fl, stride = config["focus_labels"], config["network"]["focus_stride"]
+    labels = focus_labels(boxes_original * np.float32(factor), size, stride, fl["a"], fl["b"], fl["c"])
+    out = np.full(padded_cells, FOCUS_IGNORE, np.int64)
+    out[:labels.shape[0], :labels.shape[1]] = labels
+    return out
+
+
+def map_objects(boxes_original: np.ndarray, factor: float, size: tuple, config: dict) -> np.ndarray:
+    """The cell spans (P, 4) [y0, y1, x0, x1) of the resized image's FocusPixel-positive objects."""
+    fl, stride = config["focus_labels"], config["network"]["focus_stride"]
+    return focus_positive_spans(boxes_original * np.float32(factor), size, stride, fl["a"], fl["b"])
+
+
+def cell_weights(labels: torch.Tensor, objects: torch.Tensor, balance: float) -> torch.Tensor:
+    """Per-cell loss weights (N, H, W): 0 where ignored, 1 on negatives, and on positive cells
+    n ** -balance for the smallest object covering the cell (n = its cells), scaled so that positive
+    cells weigh 1 on average. balance 0 is plain cross-entropy; 1 gives every object the same total
+    weight, so a one-cell object counts as much as a sixteen-cell one."""
+    w = (labels != FOCUS_IGNORE).to(torch.float32)
+    if balance == 0 or objects.numel() == 0:
+        return w
+    pos_w = torch.zeros_like(w)
+    for i, y0, y1, x0, x1 in objects.tolist():
+        v = float((y1 - y0) * (x1 - x0)) ** -balance
+        region = pos_w[i, y0:y1, x0:x1]
+        torch.maximum(region, torch.full_like(region, v), out=region)
+    positive = labels == 1
+    if positive.any():
+        pos_w = pos_w / pos_w[positive].mean()
+        w[positive] = pos_w[positive]
+    return w
+
+
+@torch.no_grad()
+def collect(model, coco, config: dict, indices, balance: float = 0.0, progress: bool = True) -> list[dict]:
+    """Per coarse scale (every inference scale but the last): the images' stride-16 features (float16),
+    labels, loss weights and positive objects ((P, 5) [map, y0, y1, x0, x1)), each map padded to the
+    largest map of that scale (features 0, labels ignored)."""
+    scales = config["inference"]["scales"][:-1]
+    per_scale = [{"features": [], "labels": [], "objects": []} for _ in scales]
+    start = time.time()
+    for n, i in enumerate(indices):
+        info = coco.images[i]
+        image = read_image(info["path"])
+        boxes = coco.boxes.get(info["id"], np.zeros((0, 4), np.float32)).astype(np.float32)
+        for s, scale in enumerate(scales):
+            f = scale_factor(image.shape[0], image.shape[1], scale)
+            x, size = inference_input(image, f, config)
+            feats = model.focus_features(x)[0]
+            per_scale[s]["features"].append(feats.to(torch.float16))
+            per_scale[s]["labels"].append(torch.from_numpy(map_labels(boxes, f, size, tuple(feats.shape[1:]), config)))
+            spans = map_objects(boxes, f, size, config)
+            per_scale[s]["objects"].append(np.concatenate([np.full((len(spans), 1), n), spans], 1))
+        if progress and (n + 1) % 200 == 0:
+            print(f"  features of {n + 1}/{len(indices)} images ({time.time() - start:.0f} s)", file=sys.stderr)
+    out = []
+    for p in per_scale:
+        d = _pad_stack(p["features"], p["labels"])
+        d["objects"] = torch.from_numpy(np.concatenate(p["objects"]).astype(np.int64)).reshape(-1, 5)
+        d["weights"] = cell_weights(d["labels"], d["objects"], balance)
+        out.append(d)
+    return out
+
+
+def _pad_stack(features: list, labels: list) -> dict:
+    h = max(f.shape[1] for f in features)
+    w = max(f.shape[2] for f in features)
+    fx = torch.zeros((len(features), features[0].shape[0], h, w), dtype=torch.float16)
+    lx = torch.full((len(labels), h, w), FOCUS_IGNORE, dtype=torch.int64)
+    for k, (f, lab) in enumerate(zip(features, labels)):
+        fx[k, :, :f.shape[1], :f.shape[2]] = f
+        lx[k, :lab.shape[0], :lab.shape[1]] = lab
+    return {"features": fx, "labels": lx}
+
+
+@torch.no_grad()
+def coverage_at_recall(head, data: list[dict], recall: float = RECALL, batch: int = 32) -> list[float]:
+    """Per coarse scale: the fraction of labelled (non-ignored) cells at or above the threshold that
+    keeps `recall` of the positive objects (an object is kept when one of its cells reaches the
+    threshold: the chip grown around that cell holds it). Lower is better: fewer pixels for the same
+    recall of objects."""
+    out = []
+    for d in data:
+        probs = torch.cat([torch.softmax(head(d["features"][k:k + batch].float()), 1)[:, 1]
+                           for k in range(0, len(d["labels"]), batch)])
+        if len(d["objects"]) == 0:
+            out.append(float("nan"))
+            continue
+        best = torch.stack([probs[i, y0:y1, x0:x1].max() for i, y0, y1, x0, x1 in d["objects"].tolist()])
+        t = torch.quantile(best, 1.0 - recall)
+        out.append(float((probs[d["labels"] != FOCUS_IGNORE] >= t).float().mean()))
+    return out
+
+
+class FocusHead(torch.nn.Module):
+    """The network's focus_conv and focus_out, trained apart from it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.focus_conv = copy.deepcopy(model.focus_conv)
+        self.focus_out = copy.deepcopy(model.focus_out)
+
+    def forward(self, features):
+        return self.focus_out(F.relu(self.focus_conv(features)))
+
+
+def refit(model, train: list[dict], held: list[dict], epochs: int, minutes: float, lr: float = 1e-3,
+          batch: int = 16, seed: int = 0, progress: bool = True) -> tuple[FocusHead, dict]:
+    """Adam on the focus cross-entropy (ignore -1) of every coarse scale; keeps the epoch with the
+    lowest mean held-out coverage at RECALL. Returns (best head, history)."""
+    torch.manual_seed(seed)
+    head = FocusHead(model)
+    best = (sum(coverage_at_recall(head, held)), copy.deepcopy(head.state_dict()), 0)
+    history = {"epoch0_coverage": coverage_at_recall(head, held), "epochs": []}
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    steps = [(s, k) for s, d in enumerate(train) for k in range(0, len(d["labels"]), batch)]
+    total = epochs * len(steps)
+    deadline = time.time() + 60.0 * minutes
+    step = 0
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(len(steps)).tolist()
+        loss_sum = 0.0
+        for j in order:
+            s, k = steps[j]
+            perm = train[s]["perm"][k:k + batch]
+            x, y, w = train[s]["features"][perm].float(), train[s]["labels"][perm], train[s]["weights"][perm]
+            for group in opt.param_groups:  # cosine decay over the planned steps
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            ce = F.cross_entropy(head(x), y.clamp(min=0), reduction="none")
+            loss = (ce * w).sum() / w.sum().clamp(min=1e-6)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item()
+            step += 1
+        for d in train:
+            d["perm"] = torch.randperm(len(d["labels"]))
+        cov = coverage_at_recall(head, held)
+        history["epochs"].append({"epoch": epoch, "loss": loss_sum / len(order), "coverage": cov})
+        if progress:
+            print(f"  epoch {epoch}: loss {loss_sum / len(order):.4f}, held-out coverage at {RECALL:.0%} recall "
+                  + " / ".join(f"{c:.3f}" for c in cov), file=sys.stderr)
+        if sum(cov) < best[0]:
+            best = (sum(cov), copy.deepcopy(head.state_dict()), epoch)
+        if time.time() > deadline:
+            break
+    head.load_state_dict(best[1])
+    history["best_epoch"] = best[2]
+    history["best_coverage"] = coverage_at_recall(head, held)
+    return head, history
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the trained detector")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="checkpoint to write (same format, new focus head)")
+    p.add_argument("--annotations", help="COCO JSON of the training images (default: the config's train split)")
+    p.add_argument("--images", type=int, default=0, help="use the first N training images (0: all)")
+    p.add_argument("--holdout", type=float, default=0.1, help="fraction of them held out to pick the epoch")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--minutes", type=float, default=20.0, help="stop after the epoch that passes this")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--balance", type=float, default=1.0,
+                   help="positive cells weigh n ** -balance (n: the object's cells); 0: plain cross-entropy")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    args = p.parse_args(argv)
+    if not 0 < args.holdout < 1:
+        p.error(f"--holdout: expected a fraction in (0, 1), got {args.holdout}")
+    torch.set_num_threads(args.threads)
+    model, config = load_model(args.checkpoint)
+    coco = load_coco(args.annotations) if args.annotations else load_split(config["data"]["train_split"])
+    n = len(coco.images) if args.images <= 0 else min(args.images, len(coco.images))
+    n_held = max(1, int(round(n * args.holdout)))
+    if n - n_held < 1:
+        p.error(f"--images: {n} images leave none to train on after holding out {n_held}")
+    t0 = time.time()
+    print(f"features of {n} training images at {len(config['inference']['scales']) - 1} coarse scales",
+          file=sys.stderr)
+    train = collect(model, coco, config, range(n - n_held), args.balance, progress=not args.quiet)
+    held = collect(model, coco, config, range(n - n_held, n), args.balance, progress=not args.quiet)
+    for d in train:
+        d["perm"] = torch.randperm(len(d["labels"]))
+    print(f"  {time.time() - t0:.0f} s", file=sys.stderr)
+    head, history = refit(model, train, held, args.epochs, args.minutes, args.lr, progress=not args.quiet)
+    model.focus_conv.load_state_dict(head.focus_conv.state_dict())
+    model.focus_out.load_state_dict(head.focus_out.state_dict())
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    extra = {k: v for k, v in state.items() if k not in ("version", "model", "config", "classes")}
+    extra["focus_refit"] = {"images": n, "held_out": n_held, "epochs_run": len(history["epochs"]),
+                            "best_epoch": history["best_epoch"], "lr": args.lr, "balance": args.balance,
+                            "held_out_coverage_at_recall": {"recall": RECALL, "before": history["epoch0_coverage"],
+                                                            "after": history["best_coverage"]},
+                            "minutes": (time.time() - t0) / 60.0, "source": str(args.checkpoint)}
+    config = {k: v for k, v in config.items() if k != "classes"}
+    save_checkpoint(Path(args.out), model, config, state["classes"], **extra)
+    print(f"held-out coverage at {RECALL:.0%} recall of positive cells, per coarse scale: "
+          f"{' / '.join(f'{c:.3f}' for c in history['epoch0_coverage'])} before, "
+          f"{' / '.join(f'{c:.3f}' for c in history['best_coverage'])} after (epoch {history['best_epoch']}); "
+          f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
