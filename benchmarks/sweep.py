@@ -72,6 +72,19 @@ def best_within_budget(points, budget: float, cost: str = "pixels_ratio", gain: 
     return min(fitting, key=lambda ip: (-_key(ip[1], gain), _key(ip[1], cost), ip[0]))[1]
 
 
+def cheapest_within_loss(points, reference: float, max_loss: float, cost: str = "pixels_ratio", gain: str = "AP"):
+    """The cheapest point whose gain is at least reference - max_loss (ties: the more accurate, then the
+    first given): "the fewest pixels that lose at most 0.5 AP against the pyramid". Returns None when
+    no point is accurate enough; raises ValueError for a max_loss that is not a finite number >= 0."""
+    max_loss, reference = _number(max_loss, "max_loss"), _number(reference, "reference")
+    if max_loss < 0:
+        raise ValueError(f"max_loss: expected AP points >= 0, got {max_loss}")
+    close = [(i, p) for i, p in enumerate(points) if _key(p, gain) >= reference - max_loss]
+    if not close:
+        return None
+    return min(close, key=lambda ip: (_key(ip[1], cost), -_key(ip[1], gain), ip[0]))[1]
+
+
 def _number(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
@@ -192,7 +205,8 @@ def format_points(points: list, marks=None) -> str:
     return common.format_table(headers, rows)
 
 
-def plot(result: dict, front: list, out, budget=None, best=None, default_name=None) -> None:
+def plot(result: dict, front: list, out, budget=None, best=None, default_name=None, cheapest=None,
+         max_loss=None) -> None:
     """AP against pixels (fraction of sniper's): all settings, the front, sniper and single scales."""
     import matplotlib
     matplotlib.use("Agg")
@@ -219,6 +233,9 @@ def plot(result: dict, front: list, out, budget=None, best=None, default_name=No
     if best is not None:
         ax.scatter([best["pixels_ratio"]], [best["AP"]], marker="o", s=120, facecolors="none",
                    edgecolors="tab:orange", linewidths=2, label="best within budget", zorder=4)
+    if cheapest is not None:
+        ax.scatter([cheapest["pixels_ratio"]], [cheapest["AP"]], marker="o", s=160, facecolors="none",
+                   edgecolors="tab:purple", linewidths=2, label=f"cheapest within {max_loss:g} AP", zorder=4)
     ax.set_xlabel("pixels processed / pixels of the 3-scale pyramid")
     ax.set_ylabel("COCO AP (%)")
     ax.set_title("AutoFocus: accuracy against pixels (FocusChip parameters)")
@@ -237,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default=DEFAULT_GRID, help=f'parameter grid (default "{DEFAULT_GRID}")')
     p.add_argument("--budget", type=float, help="print the most accurate setting within this fraction of "
                                                 "sniper's pixels (e.g. 0.3)")
+    p.add_argument("--max-loss", type=float, help="print the cheapest setting within this many AP points of "
+                                                  "sniper (e.g. 0.5)")
     p.add_argument("--png", default="docs/figures/sweep.png", help="plot file (default docs/figures/sweep.png)")
     p.add_argument("--json", help="also write every point to this file")
     p.add_argument("--all", action="store_true", help="print every setting, not only the Pareto front")
@@ -255,6 +274,8 @@ def main(argv=None) -> int:
             params.resolve(params.bundle_values(engine.bundle), {"chip_params": setting})
         if args.budget is not None:
             best_within_budget([], args.budget)  # checks the budget before the long part
+        if args.max_loss is not None:
+            cheapest_within_loss([], 0.0, args.max_loss)
         eval_set = common.load_eval_set(args.annotations, args.images, args.limit, args.split)
         result = sweep(engine, eval_set, settings, progress=not args.no_progress)
     except (ValueError, TypeError, FileNotFoundError) as e:
@@ -263,12 +284,16 @@ def main(argv=None) -> int:
     points = result["points"]
     front = pareto_front(points)
     best = best_within_budget(points, args.budget) if args.budget is not None else None
+    cheapest = (cheapest_within_loss(points, result["sniper"]["AP"], args.max_loss)
+                if args.max_loss is not None else None)
     default_name = next((p["name"] for p in points if p["chip_params"] == base), None)
     marks = {p["name"]: "front" for p in front}
     if default_name:
         marks[default_name] = (marks.get(default_name, "") + " bundle").strip()
     if best is not None:
         marks[best["name"]] = (marks.get(best["name"], "") + " best").strip()
+    if cheapest is not None:
+        marks[cheapest["name"]] = (marks.get(cheapest["name"], "") + " cheapest").strip()
     print(f"{len(eval_set.infos)} images from {eval_set.coco.annotations_path}; backend {engine.backend_name} on "
           f"{engine.device}; {len(points)} settings")
     print(format_points([result["sniper"], *result["single"]]))
@@ -283,15 +308,23 @@ def main(argv=None) -> int:
         else:
             print(f"\nbest within {args.budget:g} x sniper's pixels: {best['label']} "
                   f"(pixels {best['pixels_ratio']:.3f}, AP {best['AP']:.1f}; chip_params={json.dumps(best['chip_params'])})")
+    if args.max_loss is not None:
+        if cheapest is None:
+            print(f"\nno setting is within {args.max_loss:g} AP of sniper ({result['sniper']['AP']:.1f})")
+        else:
+            print(f"\ncheapest within {args.max_loss:g} AP of sniper: {cheapest['label']} "
+                  f"(pixels {cheapest['pixels_ratio']:.3f}, AP {cheapest['AP']:.1f}; "
+                  f"chip_params={json.dumps(cheapest['chip_params'])})")
     if args.png:
-        plot(result, front, args.png, args.budget, best, default_name)
+        plot(result, front, args.png, args.budget, best, default_name, cheapest, args.max_loss)
         print(f"plot written to {args.png}")
     if args.json:
         record = {"bundle": str(engine.bundle.folder), "annotations": str(eval_set.coco.annotations_path),
                   "images": len(eval_set.infos), "backend": engine.backend_name, "device": engine.device,
                   "grid": args.grid, "budget": args.budget, "machine": common.machine(),
                   "versions": common.versions(), **result, "front": [p["name"] for p in front],
-                  "best_within_budget": best["name"] if best else None, "bundle_setting": default_name}
+                  "best_within_budget": best["name"] if best else None, "max_loss": args.max_loss,
+                  "cheapest_within_loss": cheapest["name"] if cheapest else None, "bundle_setting": default_name}
         Path(args.json).write_text(json.dumps(record, indent=2))
     return 0
 

@@ -150,6 +150,18 @@ def test_best_within_budget():
         sweep.best_within_budget(points, "0.3")
 
 
+def test_cheapest_within_loss():
+    points = [P("cheap", 0.1, 60.0), P("mid", 0.3, 70.5), P("mid_tie_better", 0.3, 70.8), P("dear", 0.6, 71.0)]
+    assert sweep.cheapest_within_loss(points, 71.0, 0.5)["name"] == "mid_tie_better"  # same cost: more AP
+    assert sweep.cheapest_within_loss(points, 71.0, 0.0)["name"] == "dear"            # the loss itself is allowed
+    assert sweep.cheapest_within_loss(points, 71.0, 11.0)["name"] == "cheap"
+    assert sweep.cheapest_within_loss(points, 75.0, 1.0) is None                      # none close enough
+    assert sweep.cheapest_within_loss([], 71.0, 1.0) is None
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="max_loss"):
+            sweep.cheapest_within_loss(points, 71.0, bad)
+
+
 def test_grid_parsing():
     base = [dict(p) for p in TEST_CHIP_PARAMS]
     settings_ = sweep.grid_settings(sweep.parse_grid(sweep.DEFAULT_GRID, 2), base)
@@ -174,14 +186,18 @@ def test_sweep_main_outputs(tiny, tmp_path, capsys):
     bundle, annotations, _ = tiny
     png, out = tmp_path / "sweep.png", tmp_path / "sweep.json"
     assert sweep.main(["--bundle", bundle, "--annotations", annotations, "--grid", "t1=0.02,0.99;t2=0.2",
-                       "--budget", "0.5", "--png", str(png), "--json", str(out), "--no-progress"]) == 0
+                       "--budget", "0.5", "--max-loss", "100", "--png", str(png), "--json", str(out),
+                       "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "Pareto front" in text and "sniper" in text
+    assert "Pareto front" in text and "sniper" in text and "cheapest within 100 AP" in text
     image = cv2.imread(str(png))
     assert image is not None and image.ndim == 3 and image.shape[0] > 100
     record = json.loads(out.read_text())
     assert record["sniper"]["pixels_ratio"] == 1.0 and len(record["single"]) == 3 and len(record["points"]) == 2
     assert set(record["front"]) <= {p["name"] for p in record["points"]}
+    # Within 100 AP every point qualifies: the cheapest is the one with the fewest pixels.
+    chosen = next(p for p in record["points"] if p["name"] == record["cheapest_within_loss"])
+    assert chosen["pixels_ratio"] == min(p["pixels_ratio"] for p in record["points"])
     for p in record["points"]:
         assert 0 < p["pixels_ratio"] <= 1.0 + 1e-9 and {"AP", "APs", "chip_params", "label"} <= set(p)
     # t1 = 0.99 leaves (almost surely) fewer scale-2 chips than 0.02: never more pixels.
