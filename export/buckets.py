@@ -28,18 +28,18 @@ FOCUS_STRIDE = 16
 DEFAULT_SCALES = ((480, 512), (800, 1280), (1400, 2000))
 # Per transition (scale s -> s+1): FocusPixel threshold t, dilation d, min chip size k in stride-16 cells.
 # The shipped model's (model/configs/default.json "inference", chosen with benchmarks/sweep.py).
-DEFAULT_CHIP_PARAMS = ({"threshold": 0.02, "dilation": 3, "min_size": 8},
-                       {"threshold": 0.05, "dilation": 3, "min_size": 8})
+DEFAULT_CHIP_PARAMS = ({"threshold": 0.03, "dilation": 1, "min_size": 5},
+                       {"threshold": 0.15, "dilation": 3, "min_size": 6})
 # The synthetic data's image sizes (model/synth.py): width 560-720, height 400-520, 15% portrait.
 SYNTH_WIDTHS = (560, 720)
 SYNTH_HEIGHTS = (400, 520)
 MAX_BUCKETS = 16
 # The shipped bucket set for DEFAULT_SCALES / DEFAULT_CHIP_PARAMS: make_buckets(sizes=..., multiple=32)
 # fitted on the network inputs the shipped model's cascade ran on the first 200 synthetic TRAIN images
-# (1,697 inputs); padding waste 1.23 there and 1.27 on 100 val images (813 inputs).
-DEFAULT_BUCKETS = ((224, 224), (288, 288), (352, 384), (384, 512), (480, 512), (512, 480), (448, 736),
-                   (640, 608), (672, 800), (864, 864), (800, 1056), (800, 1280), (1280, 800), (1408, 1344),
-                   (1408, 2016), (2016, 1408))
+# (2,073 inputs); padding waste 1.22 there and 1.23 on 100 val images (981 inputs).
+DEFAULT_BUCKETS = ((192, 192), (224, 224), (288, 320), (352, 384), (384, 512), (480, 512), (512, 480), (672, 512),
+                   (448, 800), (800, 800), (800, 1056), (800, 1280), (1280, 800), (1184, 1280), (1408, 2016),
+                   (2016, 1408))
 SMALL_OBJECT_PX = (5.0, 64.0)  # FocusPixel "small" rule (DESIGN.md): sqrt(area after scaling)
 FOCUS_CHIPS_IMPL = None        # which Algorithm 1 implementation the last measurement used
 

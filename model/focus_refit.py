@@ -1,21 +1,26 @@
 """Refit the FocusPixel head on the inputs it sees at inference, with the rest of the network frozen.
 
-    python -m model.focus_refit                  # model/checkpoints/default.pt -> runs/default/focus_refit.pt
-    python -m model.focus_refit --checkpoint runs/default/final.pt --out my.pt --minutes 10
+    python -m model.focus_refit                  # runs/default/final.pt -> runs/default/final_refit.pt
+    python -m model.focus_refit --checkpoint my_run/final.pt --out my.pt --minutes 10
+
+The shipped model/checkpoints/default.pt is the jointly trained model after this refit (its
+"focus_refit" entry records how).
 
 Why: in SNIPER training the focus head gets one loss term among three, on 512-px chips; at inference it
 decides where the finer scales run, on the whole image at scale 1 and on large chips at scale 2. How
-well it ranks cells decides how many pixels AutoFocus needs for a given recall (with ground-truth focus
-maps the cascade needs about half the pixels it does with the jointly trained head). With the trunk
-frozen, the stride-16 features of every training image at every scale that makes chips can be computed
-once, and the head (3x3 conv, ReLU, 1x1 conv, 37 k weights) trained on them for many epochs in minutes.
-The detection outputs do not change at all: only `focus_conv` and `focus_out` are refit.
+well it ranks cells decides how many pixels AutoFocus needs for a given recall: with ground-truth focus
+maps the cascade ran about half the pixels it did with the jointly trained head, for the same AP. With
+the trunk frozen, the stride-16 features of every training image at every scale that makes chips are
+computed once, and the head (the paper's 3x3 conv, ReLU, 1x1 conv; 37 k weights) is trained on them for
+many epochs in minutes. The detection outputs do not change at all: only `focus_conv` and `focus_out`.
 
 Labels are the paper's FocusPixel labels (config "focus_labels": a, b, c) of the whole resized image,
-made exactly as at inference: the image resized by ops.crop_resize with the inference scale's factor
-(config "inference" scales), padded to 32. Cells of the padding are ignored. The last `--holdout` of
-the training images are held out; the epoch whose head covers the fewest cells at 95% recall of the
-held-out positive cells is kept.
+made as at inference: the image resized by ops.crop_resize with the inference scale's factor (config
+"inference" scales), padded to 32; padding cells are ignored. The loss is object-balanced (--balance 1):
+the plain cross-entropy lets a 16-cell object outweigh a 1-cell one sixteen times, and the tiny objects
+are the ones the finest scale exists for. The last `--holdout` of the training images are held out;
+the epoch kept is the one whose maps, at the threshold that keeps 95% of the held-out positive objects,
+cover the fewest cells (summed over the coarse scales).
 """
 from __future__ import annotations
 
@@ -40,8 +45,8 @@ from model.data import load_coco
 from model.labels import FOCUS_IGNORE, focus_labels, focus_positive_spans
 from model.train import load_model, load_split, read_image, save_checkpoint
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default.pt"
-DEFAULT_OUT = Path("runs/default/focus_refit.pt")
+DEFAULT_CHECKPOINT = Path("runs/default/final.pt")  # what `python -m model.train` writes
+DEFAULT_OUT = Path("runs/default/final_refit.pt")
 RECALL = 0.95
 
 
@@ -213,13 +218,14 @@ def refit(model, train: list[dict], held: list[dict], epochs: int, minutes: floa
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the trained detector")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+                   help=f"the trained detector (default {DEFAULT_CHECKPOINT})")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="checkpoint to write (same format, new focus head)")
     p.add_argument("--annotations", help="COCO JSON of the training images (default: the config's train split)")
     p.add_argument("--images", type=int, default=0, help="use the first N training images (0: all)")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of them held out to pick the epoch")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--minutes", type=float, default=20.0, help="stop after the epoch that passes this")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--minutes", type=float, default=30.0, help="stop after the epoch that passes this")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--balance", type=float, default=1.0,
                    help="positive cells weigh n ** -balance (n: the object's cells); 0: plain cross-entropy")
@@ -255,7 +261,7 @@ def main(argv=None) -> int:
                             "minutes": (time.time() - t0) / 60.0, "source": str(args.checkpoint)}
     config = {k: v for k, v in config.items() if k != "classes"}
     save_checkpoint(Path(args.out), model, config, state["classes"], **extra)
-    print(f"held-out coverage at {RECALL:.0%} recall of positive cells, per coarse scale: "
+    print(f"held-out coverage at {RECALL:.0%} recall of positive objects, per coarse scale: "
           f"{' / '.join(f'{c:.3f}' for c in history['epoch0_coverage'])} before, "
           f"{' / '.join(f'{c:.3f}' for c in history['best_coverage'])} after (epoch {history['best_epoch']}); "
           f"wrote {args.out}")
