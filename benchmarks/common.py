@@ -57,6 +57,11 @@ def load_eval_set(annotations=None, images_dir=None, limit: int | None = None, s
     return EvalSet(coco, infos, [read_image(info["path"]) for info in infos])
 
 
+def eval_set_from_args(args) -> EvalSet:
+    """load_eval_set with the options add_common_arguments defines."""
+    return load_eval_set(args.annotations, args.images, args.limit, args.split)
+
+
 def open_engine(bundle=None, backend: str = "auto", device: str | None = None, **overrides):
     """AutoFocusEngine on `bundle` (default bundles/default), with a build hint when it is missing."""
     from runtime import AutoFocusEngine

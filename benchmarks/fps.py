@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     try:
         engine = common.open_engine(args.bundle, args.backend, args.device)
         modes = parse_modes(args.modes, len(engine.params.scales))
-        eval_set = common.load_eval_set(args.annotations, args.images, args.limit, args.split)
+        eval_set = common.eval_set_from_args(args)
         results = benchmark(engine, eval_set, modes, args.repeats, args.batch, progress=not args.no_progress)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

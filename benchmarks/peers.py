@@ -229,7 +229,7 @@ def main(argv=None) -> int:
                     "match_threshold": args.match_threshold, "force_postprocess": args.force_postprocess,
                     "postprocess_used": post, "match_metric_used": metric, "confidence": confidence,
                     "detector_scale": scale, "detector_scale_size": list(engine.params.scales[scale - 1])}
-        eval_set = common.load_eval_set(args.annotations, args.images, args.limit, args.split)
+        eval_set = common.eval_set_from_args(args)
         results = compare(engine, eval_set, settings, args.modes, args.repeats, progress=not args.no_progress)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

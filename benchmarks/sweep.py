@@ -276,7 +276,7 @@ def main(argv=None) -> int:
             best_within_budget([], args.budget)  # checks the budget before the long part
         if args.max_loss is not None:
             cheapest_within_loss([], 0.0, args.max_loss)
-        eval_set = common.load_eval_set(args.annotations, args.images, args.limit, args.split)
+        eval_set = common.eval_set_from_args(args)
         result = sweep(engine, eval_set, settings, progress=not args.no_progress)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -25,7 +25,6 @@ cover the fewest cells (summed over the coarse scales).
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import sys
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from runtime import ops
 from runtime.cascade import resized_size, scale_factor
 
+from model.chips import padded_size
 from model.data import load_coco
 from model.labels import FOCUS_IGNORE, focus_labels, focus_positive_spans
 from model.train import load_model, load_split, read_image, save_checkpoint
@@ -48,15 +48,15 @@ from model.train import load_model, load_split, read_image, save_checkpoint
 DEFAULT_CHECKPOINT = Path("runs/default/final.pt")  # what `python -m model.train` writes
 DEFAULT_OUT = Path("runs/default/final_refit.pt")
 RECALL = 0.95
+FOCUS_PREFIXES = ("focus_conv.", "focus_out.")  # the head's weights: the only ones refit
 
 
 def inference_input(image_bgr: np.ndarray, factor: float, config: dict) -> tuple[torch.Tensor, tuple]:
     """The whole image as the runtime feeds it at `factor`: (1, 3, H32, W32) and its real (h, w)."""
     h, w = image_bgr.shape[:2]
     size = resized_size((0, 0, w, h), factor)
-    div = config["input"]["size_divisor"]
-    shape = (max(div, math.ceil(size[0] / div) * div), max(div, math.ceil(size[1] / div) * div))
     inp = config["input"]
+    shape = (padded_size(size[0], inp["size_divisor"]), padded_size(size[1], inp["size_divisor"]))
     x = ops.crop_resize(image_bgr, np.array([[0, 0, w, h]], np.float32), np.array([factor], np.float32),
                         shape, inp["mean_rgb"], inp["std_rgb"], bgr_to_rgb=True)
     return torch.as_tensor(x), size
@@ -158,27 +158,22 @@ def coverage_at_recall(head, data: list[dict], recall: float = RECALL, batch: in
     return out
 
 
-class FocusHead(torch.nn.Module):
-    """The network's focus_conv and focus_out, trained apart from it."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.focus_conv = copy.deepcopy(model.focus_conv)
-        self.focus_out = copy.deepcopy(model.focus_out)
-
-    def forward(self, features):
-        return self.focus_out(F.relu(self.focus_conv(features)))
+def _head_state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(FOCUS_PREFIXES)}
 
 
 def refit(model, train: list[dict], held: list[dict], epochs: int, minutes: float, lr: float = 1e-3,
-          batch: int = 16, seed: int = 0, progress: bool = True) -> tuple[FocusHead, dict]:
-    """Adam on the focus cross-entropy (ignore -1) of every coarse scale; keeps the epoch with the
-    lowest mean held-out coverage at RECALL. Returns (best head, history)."""
+          batch: int = 16, seed: int = 0, progress: bool = True) -> dict:
+    """Adam on the weighted focus cross-entropy of every coarse scale, training model.focus_conv and
+    model.focus_out in place (nothing else gets a gradient); leaves them at the epoch (0 = as given)
+    with the lowest summed held-out coverage at RECALL. Returns the history."""
     torch.manual_seed(seed)
-    head = FocusHead(model)
-    best = (sum(coverage_at_recall(head, held)), copy.deepcopy(head.state_dict()), 0)
-    history = {"epoch0_coverage": coverage_at_recall(head, held), "epochs": []}
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    head = model.focus_logits
+    start_cov = coverage_at_recall(head, held)
+    best = (sum(start_cov), _head_state(model), 0)
+    history = {"epoch0_coverage": start_cov, "epochs": []}
+    params = [p for m in (model.focus_conv, model.focus_out) for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
     steps = [(s, k) for s, d in enumerate(train) for k in range(0, len(d["labels"]), batch)]
     total = epochs * len(steps)
     deadline = time.time() + 60.0 * minutes
@@ -207,13 +202,14 @@ def refit(model, train: list[dict], held: list[dict], epochs: int, minutes: floa
             print(f"  epoch {epoch}: loss {loss_sum / len(order):.4f}, held-out coverage at {RECALL:.0%} recall "
                   + " / ".join(f"{c:.3f}" for c in cov), file=sys.stderr)
         if sum(cov) < best[0]:
-            best = (sum(cov), copy.deepcopy(head.state_dict()), epoch)
+            best = (sum(cov), _head_state(model), epoch)
         if time.time() > deadline:
             break
-    head.load_state_dict(best[1])
+    model.load_state_dict(best[1], strict=False)
     history["best_epoch"] = best[2]
-    history["best_coverage"] = coverage_at_recall(head, held)
-    return head, history
+    history["best_coverage"] = start_cov if best[2] == 0 else next(
+        e["coverage"] for e in history["epochs"] if e["epoch"] == best[2])
+    return history
 
 
 def main(argv=None) -> int:
@@ -249,9 +245,7 @@ def main(argv=None) -> int:
     for d in train:
         d["perm"] = torch.randperm(len(d["labels"]))
     print(f"  {time.time() - t0:.0f} s", file=sys.stderr)
-    head, history = refit(model, train, held, args.epochs, args.minutes, args.lr, progress=not args.quiet)
-    model.focus_conv.load_state_dict(head.focus_conv.state_dict())
-    model.focus_out.load_state_dict(head.focus_out.state_dict())
+    history = refit(model, train, held, args.epochs, args.minutes, args.lr, progress=not args.quiet)
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     extra = {k: v for k, v in state.items() if k not in ("version", "model", "config", "classes")}
     extra["focus_refit"] = {"images": n, "held_out": n_held, "epochs_run": len(history["epochs"]),
