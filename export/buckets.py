@@ -41,7 +41,6 @@ DEFAULT_BUCKETS = ((192, 192), (224, 224), (288, 320), (352, 384), (384, 512), (
                    (448, 800), (800, 800), (800, 1056), (800, 1280), (1280, 800), (1184, 1280), (1408, 2016),
                    (2016, 1408))
 SMALL_OBJECT_PX = (5.0, 64.0)  # FocusPixel "small" rule (DESIGN.md): sqrt(area after scaling)
-FOCUS_CHIPS_IMPL = None        # which Algorithm 1 implementation the last measurement used
 
 
 def ceil_to(x, multiple: int):
@@ -268,48 +267,9 @@ def max_batch_per_bucket(buckets, max_batch: int, reference_px: int = 512 * 512)
 # ------------------------------------------------------------- realistic chips from ground-truth boxes
 
 def _focus_chips_cells(prob: np.ndarray, threshold: float, dilation: int, min_size: int) -> np.ndarray:
-    """Algorithm 1 in map cells: runtime.ops.focus_chips where the extension provides it, else an
-    OpenCV rendition of the same steps (threshold, dilate, 8-connected boxes, grow to min_size about
-    the centre shifted inside the map, paint and repeat until the count is stable)."""
-    global FOCUS_CHIPS_IMPL
-    try:
-        from runtime import ops
-        chips = np.asarray(ops.focus_chips(prob.astype(np.float32), threshold, dilation, min_size))
-        FOCUS_CHIPS_IMPL = "runtime.ops.focus_chips"
-        return chips
-    except (ImportError, AttributeError):  # op not merged yet, or the extension not built
-        FOCUS_CHIPS_IMPL = "OpenCV rendition of Algorithm 1 (runtime.ops.focus_chips unavailable)"
-    import cv2
-    h, w = prob.shape
-    mask = (prob >= np.float32(threshold)).astype(np.uint8)
-    if not mask.any():
-        return np.zeros((0, 4), np.int32)
-    mask = cv2.dilate(mask, np.ones((dilation, dilation), np.uint8))
-    count = -1
-    while True:
-        n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        rects = []
-        for x, y, bw, bh, _ in stats[1:]:
-            x1, y1, x2, y2 = x, y, x + bw, y + bh
-            if x2 - x1 < min_size:
-                grow = min(min_size, w) - (x2 - x1)
-                x1 -= grow // 2
-                x2 += grow - grow // 2
-                shift = max(0, -x1) - max(0, x2 - w)
-                x1, x2 = x1 + shift, x2 + shift
-            if y2 - y1 < min_size:
-                grow = min(min_size, h) - (y2 - y1)
-                y1 -= grow // 2
-                y2 += grow - grow // 2
-                shift = max(0, -y1) - max(0, y2 - h)
-                y1, y2 = y1 + shift, y2 + shift
-            rects.append((max(0, x1), max(0, y1), min(w, x2), min(h, y2)))
-        if len(rects) == count:
-            return np.asarray(sorted(rects, key=lambda r: (r[1], r[0])), np.int32).reshape(-1, 4)
-        count = len(rects)
-        mask = np.zeros_like(mask)
-        for x1, y1, x2, y2 in rects:
-            mask[y1:y2, x1:x2] = 1
+    """Algorithm 1 in map cells: runtime.ops.focus_chips, the engine's own."""
+    from runtime import ops
+    return np.asarray(ops.focus_chips(prob.astype(np.float32), threshold, dilation, min_size))
 
 
 def _paint_focus(boxes: np.ndarray, region, factor: float, map_hw) -> np.ndarray:
@@ -409,8 +369,7 @@ def main(argv=None) -> int:
         sizes = sizes_from_annotations(args.annotations)
         per_bucket = np.bincount(assign_buckets(sizes, buckets), minlength=len(buckets))
         print(f"padding waste, {len(sizes)} cascade inputs from {args.annotations}: "
-              f"{padding_waste(sizes, buckets):.3f}; inputs per bucket: {per_bucket.tolist()} "
-              f"(chips by {FOCUS_CHIPS_IMPL})")
+              f"{padding_waste(sizes, buckets):.3f}; inputs per bucket: {per_bucket.tolist()}")
     else:
         print(f"{args.annotations} not found: no ground-truth waste measured")
     return 0
