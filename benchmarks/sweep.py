@@ -19,6 +19,12 @@ the whole grid (and is shared with sniper and single1), scale 2 once per distinc
 setting (the grid is walked with transition 1 outermost), and sniper's whole-image scales 2 and 3 are
 shared with single2 and single3. Only the chips' post-processing and pycocotools run per point.
 Images run one per engine call (batch 1), so the cache keys are per image.
+
+--breakdown: where the bundle's setting loses AP against the pyramid. Each transition is opened in turn
+(threshold 0: the finer scale runs on the whole of every region of the coarser one) with the others as
+the bundle sets them; the AP that opening recovers is what that transition's FocusChips cost, and the
+pixels it adds are what they save. With every transition open the cascade runs sniper's inputs, so
+its AP must equal sniper's (printed as a check). Use it to see which threshold to move on your data.
 """
 from __future__ import annotations
 
@@ -140,6 +146,37 @@ def grid_settings(grid: dict, base: list) -> list[list[dict]]:
     return settings
 
 
+def breakdown_settings(base: list[dict]) -> list[tuple[str, list[dict]]]:
+    """[(name, chip_params)]: the bundle's setting, each transition opened alone (threshold 0), all open."""
+    opened = lambda which: [dict(p, threshold=0.0) if i in which else dict(p) for i, p in enumerate(base)]  # noqa: E731
+    return ([("bundle", [dict(p) for p in base])]
+            + [(f"open {i + 1}", opened({i})) for i in range(len(base))]
+            + [("open all", opened(set(range(len(base)))))])
+
+
+def breakdown_rows(points: list, named: list[tuple[str, list[dict]]], sniper: dict) -> list[dict]:
+    """Per breakdown setting: its point (found by chip_params), and against the bundle's point the AP it
+    recovers and the pixels it adds (fractions of sniper's)."""
+    find = lambda params: next(p for p in points if p["chip_params"] == params)  # noqa: E731
+    base = find(named[0][1])
+    rows = []
+    for name, params in named:
+        p = find(params)
+        rows.append({"name": name, "point": p["name"], "pixels_ratio": p["pixels_ratio"], "AP": p["AP"],
+                     "APs": p["APs"], "APm": p["APm"], "AP_recovered": p["AP"] - base["AP"],
+                     "pixels_added": p["pixels_ratio"] - base["pixels_ratio"],
+                     "AP_vs_sniper": p["AP"] - sniper["AP"]})
+    return rows
+
+
+def format_breakdown(rows: list) -> str:
+    headers = ["setting", "px/sniper", "AP", "APs", "APm", "AP - sniper", "AP recovered", "px added"]
+    return common.format_table(headers, [[r["name"], f"{r['pixels_ratio']:.3f}", f"{r['AP']:.2f}", f"{r['APs']:.2f}",
+                                          f"{r['APm']:.2f}", f"{r['AP_vs_sniper']:+.2f}",
+                                          f"{r['AP_recovered']:+.2f}", f"{r['pixels_added']:+.3f}"]
+                                         for r in rows])
+
+
 def label(params: list[dict]) -> str:
     return " ".join(f"t{i + 1}={p['threshold']:g} d{i + 1}={p['dilation']} k{i + 1}={p['min_size']}"
                     for i, p in enumerate(params))
@@ -259,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", default="docs/figures/sweep.png", help="plot file (default docs/figures/sweep.png)")
     p.add_argument("--json", help="also write every point to this file")
     p.add_argument("--all", action="store_true", help="print every setting, not only the Pareto front")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also run each transition opened alone and all open: the AP each transition costs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -269,6 +308,8 @@ def main(argv=None) -> int:
         engine = common.open_engine(args.bundle, args.backend, args.device)
         base = [dict(p) for p in engine.params.chip_params]
         settings = grid_settings(parse_grid(args.grid, len(base)), base)
+        named = breakdown_settings(base) if args.breakdown else []
+        settings += [params for _, params in named if params not in settings]
         from runtime import params
         for setting in settings:  # the engine's own checks (odd dilation, ...), before the long part
             params.resolve(params.bundle_values(engine.bundle), {"chip_params": setting})
@@ -315,6 +356,14 @@ def main(argv=None) -> int:
             print(f"\ncheapest within {args.max_loss:g} AP of sniper: {cheapest['label']} "
                   f"(pixels {cheapest['pixels_ratio']:.3f}, AP {cheapest['AP']:.1f}; "
                   f"chip_params={json.dumps(cheapest['chip_params'])})")
+    rows = None
+    if named:
+        rows = breakdown_rows(points, named, result["sniper"])
+        print(f"\nBreakdown of the bundle's setting ({label(base)}): each transition opened alone (threshold 0)")
+        print(format_breakdown(rows))
+        all_open = rows[-1]
+        print(f"all open: AP {all_open['AP']:.2f}, pixels {all_open['pixels_ratio']:.3f} x sniper's; sniper: AP "
+              f"{result['sniper']['AP']:.2f} (the two must agree: the cascade then runs sniper's inputs)")
     if args.png:
         plot(result, front, args.png, args.budget, best, default_name, cheapest, args.max_loss)
         print(f"plot written to {args.png}")
@@ -324,7 +373,8 @@ def main(argv=None) -> int:
                   "grid": args.grid, "budget": args.budget, "machine": common.machine(),
                   "versions": common.versions(), **result, "front": [p["name"] for p in front],
                   "best_within_budget": best["name"] if best else None, "max_loss": args.max_loss,
-                  "cheapest_within_loss": cheapest["name"] if cheapest else None, "bundle_setting": default_name}
+                  "cheapest_within_loss": cheapest["name"] if cheapest else None, "bundle_setting": default_name,
+                  "breakdown": rows}
         Path(args.json).write_text(json.dumps(record, indent=2))
     return 0
 

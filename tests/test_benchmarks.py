@@ -207,6 +207,41 @@ def test_sweep_main_outputs(tiny, tmp_path, capsys):
     assert "dilation" in capsys.readouterr().err
 
 
+def test_breakdown_settings_open_one_transition_at_a_time():
+    base = [{"threshold": 0.03, "dilation": 1, "min_size": 5}, {"threshold": 0.15, "dilation": 3, "min_size": 6}]
+    named = sweep.breakdown_settings(base)
+    assert [n for n, _ in named] == ["bundle", "open 1", "open 2", "open all"]
+    assert named[0][1] == base and named[0][1] is not base
+    assert [p["threshold"] for p in named[1][1]] == [0.0, 0.15]
+    assert [p["threshold"] for p in named[2][1]] == [0.03, 0.0]
+    assert [p["threshold"] for p in named[3][1]] == [0.0, 0.0]
+    assert all(p["dilation"] == b["dilation"] and p["min_size"] == b["min_size"]
+               for _, params in named for p, b in zip(params, base))
+    assert base[0]["threshold"] == 0.03  # the bundle's list is not changed
+
+
+def test_sweep_breakdown_all_open_is_sniper(tiny, tmp_path, capsys):
+    """Every transition open: the cascade runs the whole image at every scale, so its AP and pixels are
+    sniper's, computed by the other path (in_valid_range, not focus stacking)."""
+    bundle, annotations, _ = tiny
+    out = tmp_path / "breakdown.json"
+    assert sweep.main(["--bundle", bundle, "--annotations", annotations, "--grid", "", "--breakdown",
+                       "--png", "", "--json", str(out), "--no-progress"]) == 0
+    assert "Breakdown of the bundle's setting" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    rows = {r["name"]: r for r in record["breakdown"]}
+    assert list(rows) == ["bundle", "open 1", "open 2", "open all"]
+    assert rows["open all"]["AP"] == record["sniper"]["AP"]
+    assert rows["open all"]["pixels_ratio"] == pytest.approx(1.0, abs=1e-12)
+    points = {p["name"]: p for p in record["points"]}
+    base = points[rows["bundle"]["point"]]
+    for r in rows.values():
+        p = points[r["point"]]
+        assert r["AP_recovered"] == pytest.approx(p["AP"] - base["AP"])
+        assert r["pixels_added"] == pytest.approx(p["pixels_ratio"] - base["pixels_ratio"])
+        assert p["pixels_ratio"] >= base["pixels_ratio"] - 1e-12  # opening never runs fewer pixels
+
+
 def test_sweep_reuse_gives_the_engines_own_results(tiny):
     """The sweep's cached network outputs must not change a point: compare with plain engine calls."""
     bundle, annotations, _ = tiny
