@@ -361,9 +361,11 @@ def main(argv=None) -> int:
         rows = breakdown_rows(points, named, result["sniper"])
         print(f"\nBreakdown of the bundle's setting ({label(base)}): each transition opened alone (threshold 0)")
         print(format_breakdown(rows))
-        all_open = rows[-1]
+        all_open, sniper_ap = rows[-1], result["sniper"]["AP"]
+        verdict = ("they agree, as they must (the cascade then runs sniper's inputs)" if all_open["AP"] == sniper_ap
+                   else "they DIFFER: the cascade with every transition open should run sniper's inputs; please report it")
         print(f"all open: AP {all_open['AP']:.2f}, pixels {all_open['pixels_ratio']:.3f} x sniper's; sniper: AP "
-              f"{result['sniper']['AP']:.2f} (the two must agree: the cascade then runs sniper's inputs)")
+              f"{sniper_ap:.2f}: {verdict}")
     if args.png:
         plot(result, front, args.png, args.budget, best, default_name, cheapest, args.max_loss)
         print(f"plot written to {args.png}")

@@ -227,7 +227,8 @@ def test_sweep_breakdown_all_open_is_sniper(tiny, tmp_path, capsys):
     out = tmp_path / "breakdown.json"
     assert sweep.main(["--bundle", bundle, "--annotations", annotations, "--grid", "", "--breakdown",
                        "--png", "", "--json", str(out), "--no-progress"]) == 0
-    assert "Breakdown of the bundle's setting" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "Breakdown of the bundle's setting" in text and "they agree" in text
     record = json.loads(out.read_text())
     rows = {r["name"]: r for r in record["breakdown"]}
     assert list(rows) == ["bundle", "open 1", "open 2", "open all"]
