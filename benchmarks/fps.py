@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the images per mode")
     p.add_argument("--modes", help="comma-separated: autofocus, sniper, single (every scale) or singleN "
                                    "(default: all)")
+    p.add_argument("--padding", choices=("bucket", "divisor", "shared"),
+                   help="network-input padding (runtime/params.py; default: the engine's for its device)")
+    p.add_argument("--chips-on-host", choices=("yes", "no"),
+                   help="on CUDA, FocusChips on a host copy of the focus maps (default: the engine's)")
     p.add_argument("--json", help="also write the figures, machine and versions to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -169,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        engine = common.open_engine(args.bundle, args.backend, args.device)
+        overrides = {"padding": args.padding} if args.padding else {}
+        if args.chips_on_host:
+            overrides["chips_on_host"] = args.chips_on_host == "yes"
+        engine = common.open_engine(args.bundle, args.backend, args.device, **overrides)
         modes = parse_modes(args.modes, len(engine.params.scales))
         eval_set = common.eval_set_from_args(args)
         results = benchmark(engine, eval_set, modes, args.repeats, args.batch, progress=not args.no_progress)
@@ -182,7 +189,7 @@ def main(argv=None) -> int:
     if args.json:
         record = {"bundle": str(engine.bundle.folder), "annotations": str(eval_set.coco.annotations_path),
                   "images": len(eval_set.infos), "backend": engine.backend_name, "device": engine.device,
-                  "padding": engine.params.padding, "batch": args.batch, "repeats": args.repeats,
+                  "padding": engine.params.padding, "chips_on_host": engine.params.chips_on_host, "batch": args.batch, "repeats": args.repeats,
                   "machine": common.machine(), "versions": common.versions(),
                   "bundle_build": engine.bundle.to_dict().get("build"), "modes": results}
         Path(args.json).write_text(json.dumps(record, indent=2))

@@ -16,6 +16,8 @@ PY=${PY:-python3}
 SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 step() { echo "== $1: $2" | tee -a "$SUMMARY"; }
+# SKIP="rest memcheck fps variants" leaves those steps out (a rerun inside the same short lease).
+want() { [[ " ${SKIP:-} " != *" $1 "* ]]; }
 took() { local s=$1; shift; local t0=$SECONDS; "$@"; local rc=$?; step "$s" "rc=$rc in $((SECONDS - t0)) s"; return $rc; }
 
 if compgen -G ".gpu/whl/*.whl" >/dev/null; then
@@ -49,20 +51,44 @@ took pytest-cuda timeout 200 $PY -m pytest -q -m cuda -p no:cacheprovider >"$OUT
 tail -3 "$OUT/pytest_cuda.log" | tee -a "$SUMMARY"
 
 # ---- timings ----
-took ops-bench timeout 90 $PY benchmarks/ops.py --repeats 30 --json "$OUT/ops.json" >"$OUT/bench.log" 2>&1
+want ops && took ops-bench timeout 90 $PY benchmarks/ops.py --repeats 30 --json "$OUT/ops.json" >"$OUT/bench.log" 2>&1
 took bundle timeout 90 $PY export/build_engine.py --out bundles/gpu >>"$OUT/bench.log" 2>&1
-took fps-cuda timeout 150 $PY benchmarks/fps.py --bundle bundles/gpu --backend torch --device cuda --split val \
+want fps && took fps-cuda timeout 200 $PY benchmarks/fps.py --bundle bundles/gpu --backend torch --device cuda --split val \
   --repeats 2 --no-progress --json "$OUT/fps_cuda.json" >>"$OUT/bench.log" 2>&1
 
-took pytest-rest timeout 240 $PY -m pytest -q -m "not cuda" -p no:cacheprovider >"$OUT/pytest_rest.log" 2>&1
-tail -3 "$OUT/pytest_rest.log" | tee -a "$SUMMARY"
+# Batching and FocusChips placement on the GPU, every variant in one process on the same images
+# (each AutoFocus variant against sniper, which neither setting changes at batch 1).
+variants() {
+  $PY - "$@" <<'PYEOF'
+import os, sys
+from benchmarks import common, fps
+limit, batch = int(sys.argv[1]), int(sys.argv[2])
+engine = common.open_engine("bundles/gpu", "torch", os.environ.get("VARIANTS_DEVICE", "cuda"))
+eval_set = common.load_eval_set(limit=limit, split="val")
+modes = [("sniper", "sniper", {"padding": "bucket"}), ("sniper_shared", "sniper", {"padding": "shared"})]
+for pad in ("bucket", "shared"):
+    for host in (False, True):
+        modes.append((f"af_{pad}{'_host' if host else ''}", "autofocus", {"padding": pad, "chips_on_host": host}))
+results = fps.benchmark(engine, eval_set, modes, repeats=2, batch=batch, progress=False)
+print(f"{limit} val images, torch on {engine.device}, batch {batch}")
+print(fps.format_results(results))
+for name, r in results.items():
+    ms = 1000 / r["images_per_s"]
+    print(name, f"{ms:.2f} ms/img", {k: round(v * ms, 2) for k, v in r["stage_share"].items()})
+PYEOF
+}
+want variants && took variants-b1 timeout 150 variants 150 1 >"$OUT/variants.log" 2>&1
+want variants && took variants-b4 timeout 90 variants 150 4 >>"$OUT/variants.log" 2>&1
+
+want rest && took pytest-rest timeout 240 $PY -m pytest -q -m "not cuda" -p no:cacheprovider >"$OUT/pytest_rest.log" 2>&1
+want rest && tail -3 "$OUT/pytest_rest.log" | tee -a "$SUMMARY"
 
 # Memory errors in the CUDA kernels (Firecracker machines only: gVisor refuses the sanitizer).
-took memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -m cuda \
+want memcheck && took memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -m cuda \
   -p no:cacheprovider tests/test_ops_maps.py tests/test_ops_boxes.py >"$OUT/sanitizer.log" 2>&1
-tail -4 "$OUT/sanitizer.log" | tee -a "$SUMMARY"
-took fps-cuda-batch4 timeout 90 $PY benchmarks/fps.py --bundle bundles/gpu --backend torch --device cuda --split val \
+want memcheck && tail -4 "$OUT/sanitizer.log" | tee -a "$SUMMARY"
+want fps && took fps-cuda-batch4 timeout 90 $PY benchmarks/fps.py --bundle bundles/gpu --backend torch --device cuda --split val \
   --batch 4 --modes autofocus,sniper --repeats 2 --no-progress >>"$OUT/bench.log" 2>&1
 
-echo; cat "$OUT/bench.log" | grep -v "^\s*$" | tail -60
+echo; cat "$OUT/bench.log" "$OUT/variants.log" 2>/dev/null | grep -v "^\s*$" | tail -60
 echo; cat "$SUMMARY"

@@ -1,6 +1,7 @@
 // CUDA error checking for the kernels in csrc/ops/cuda/.
 #pragma once
 #include <cuda_runtime.h>
+#include <cstdint>  // std::uintptr_t (not pulled in by every toolchain's headers)
 #include <stdexcept>
 #include <string>
 

@@ -161,7 +161,9 @@ def merge_overlapping(chips) -> np.ndarray:
 
 def plan_batches(ctx: Context, regions: list[Region]) -> list[tuple]:
     """[(input shape, [region indices])]: regions grouped by padded input shape (images kept together
-    inside a group), each group split at its bucket's max batch."""
+    inside a group), each group split at its bucket's max batch; padding "shared": see _shared_batches."""
+    if ctx.params.padding == "shared":
+        return _shared_batches(ctx, regions)
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(regions):
         groups.setdefault(input_shape(ctx, r.size), []).append(i)
@@ -170,6 +172,23 @@ def plan_batches(ctx: Context, regions: list[Region]) -> list[tuple]:
         idx.sort(key=lambda i: regions[i].image)
         step = max_batch(ctx, shape)
         plan += [(shape, idx[k:k + step]) for k in range(0, len(idx), step)]
+    return plan
+
+
+def _shared_batches(ctx: Context, regions: list[Region]) -> list[tuple]:
+    """Largest first: each batch takes the bucket of the largest input left and fills up to that bucket's
+    max batch with the next largest inputs that fit in it. On a GPU a network call costs far more than its
+    pixels (H200, PyTorch: about 1.7 ms a call at 0.2 and at 2.8 Mpx alike), so fewer calls win."""
+    shapes = [input_shape(ctx, r.size) for r in regions]
+    left = sorted(range(len(regions)), key=lambda i: (-shapes[i][0] * shapes[i][1], regions[i].image, i))
+    plan = []
+    while left:
+        shape = shapes[left[0]]
+        room = max_batch(ctx, shape)
+        take = [i for i in left if shapes[i][0] <= shape[0] and shapes[i][1] <= shape[1]][:room]
+        taken = set(take)
+        left = [i for i in left if i not in taken]
+        plan.append((shape, sorted(take, key=lambda i: (regions[i].image, i))))  # crop_batch: images together
     return plan
 
 
@@ -215,7 +234,10 @@ def focus_chips_batch(ctx: Context, out: dict, regions: list[Region], idx: list[
     stride = ctx.bundle.strides["focus"]
     factors, origins, sizes = _per_region(ctx, regions, idx)
     valid = [(math.ceil(regions[i].size[0] / stride), math.ceil(regions[i].size[1] / stride)) for i in idx]
-    probs = out["focus"][:, 1].contiguous()
+    probs = out["focus"][:, 1]
+    if ctx.params.chips_on_host and probs.is_cuda:
+        probs, factors, origins, sizes = (t.cpu() for t in (probs, factors, origins, sizes))
+    probs = probs.contiguous()
     cells, b = ops.focus_chips_batched(probs, valid, chip_params["threshold"], chip_params["dilation"],
                                        chip_params["min_size"])
     if cells.shape[0] == 0:

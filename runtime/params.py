@@ -11,9 +11,14 @@ Names are the bundle.json keys (DESIGN.md: one name everywhere), plus three engi
     padding         "bucket": every network input padded to the smallest bundle bucket holding it (the
                     only choice TensorRT accepts; chips of one bucket batch together); "divisor": padded
                     to a multiple of the size divisor (32) only, as model/evaluate.py does (less compute
-                    on CPU, identical outputs to the evaluator)
+                    on CPU, identical outputs to the evaluator); "shared": bucket shapes, but each batch
+                    takes the largest remaining input's bucket and fills up to its max batch with any
+                    input that fits (fewest network calls: on a GPU a call costs more than its pixels)
     merge_chips     merge a scale's chips of one image that overlap into their enclosing rectangle when
                     that runs fewer pixels (True by default)
+    chips_on_host   on CUDA, run FocusChips (Algorithm 1) with the C++ kernels on a host copy of the
+                    focus maps: the chips are read on the host anyway, and on small maps the C++ kernel
+                    is faster than the CUDA one (one thread block per map)
 Dict-valued parameters merge key by key (soft_nms={"sigma": 0.3} keeps the other keys); chip_params
 entries merge likewise with the bundle's entry of the same transition.
 """
@@ -25,13 +30,13 @@ from dataclasses import dataclass
 # One number check for the whole package: finite, with an optional lower bound.
 from .ops import _number
 
-PADDINGS = ("bucket", "divisor")
+PADDINGS = ("bucket", "divisor", "shared")
 DECODE_KEYS = ("score_threshold", "max_candidates")
 SOFT_NMS_KEYS = ("method", "sigma", "iou_threshold", "score_threshold", "class_aware")
 SOFT_NMS_METHODS = ("gaussian", "linear", "hard")
 CHIP_KEYS = ("threshold", "dilation", "min_size")
 NAMES = ("scales", "valid_ranges", "chip_params", "decode", "soft_nms", "max_detections", "scale",
-         "padding", "merge_chips")
+         "padding", "merge_chips", "chips_on_host")
 
 
 @dataclass(frozen=True)
@@ -45,13 +50,15 @@ class CascadeParams:
     scale: int               # 1-based
     padding: str
     merge_chips: bool
+    chips_on_host: bool
 
 
 def bundle_values(bundle) -> dict:
     """The parameters as the bundle sets them (engine-only ones at their defaults)."""
     return {"scales": bundle.scales, "valid_ranges": bundle.valid_ranges, "chip_params": bundle.chip_params,
             "decode": dict(bundle.decode), "soft_nms": {"class_aware": True, **bundle.soft_nms},
-            "max_detections": bundle.max_detections, "scale": 1, "padding": "bucket", "merge_chips": True}
+            "max_detections": bundle.max_detections, "scale": 1, "padding": "bucket", "merge_chips": True,
+            "chips_on_host": False}
 
 
 def check_names(overrides: dict, where: str) -> None:
@@ -88,7 +95,8 @@ def resolve(base: dict, *layers: dict) -> CascadeParams:
                          max_detections=_int(values["max_detections"], "max_detections", 0),
                          scale=_scale_index(values["scale"], len(scales)),
                          padding=_choice(values["padding"], "padding", PADDINGS),
-                         merge_chips=_bool(values["merge_chips"], "merge_chips"))
+                         merge_chips=_bool(values["merge_chips"], "merge_chips"),
+                         chips_on_host=_bool(values["chips_on_host"], "chips_on_host"))
 
 
 # ------------------------------------------------------------------------------------------ checks

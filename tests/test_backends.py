@@ -21,12 +21,17 @@ def batch():
 
 
 @pytest.fixture(scope="module")
-def eager(batch):
-    """The network the bundle was exported from, run eagerly: the independent reference."""
+def eager_model():
     from export.build_engine import load_network
     model, _ = load_network(random_init=True, seed=SEED)
+    return model
+
+
+@pytest.fixture(scope="module")
+def eager(batch, eager_model):
+    """The network the bundle was exported from, run eagerly: the independent reference."""
     with torch.no_grad():
-        out = model(batch, export=True)
+        out = eager_model(batch, export=True)
     return {k: out[k].numpy() for k in OUTPUTS}
 
 
@@ -113,17 +118,45 @@ def test_cuda_requested_without_a_gpu(bundle):
         backends.select(bundle, "auto", "cuda")
 
 
+def _graph_devices(module) -> set:
+    """Every device named in the arguments of the program's graph nodes (constructors, metadata asserts)."""
+    found = set()
+    for node in module.graph.nodes:
+        for value in list(node.args) + list(node.kwargs.values()):
+            if isinstance(value, (str, torch.device)) and str(value) in ("cpu", "meta", "cuda", "cuda:0"):
+                found.add(torch.device(value).type)
+    return found
+
+
+def test_torch_backend_moves_the_graph_to_its_device(bundle):
+    """Module.to() moves weights but not the devices written into the exported graph; the backend must
+    move those too (torch on CUDA failed this way). The meta device stands in for CUDA here."""
+    with backends.load_backend("torch", bundle, "cpu") as on_cpu:
+        assert _graph_devices(on_cpu.module) == {"cpu"}  # the test sees the exported device at all
+    b = backends.load_backend("torch", bundle, "meta")
+    assert _graph_devices(b.module) == {"meta"}
+    assert all(p.device.type == "meta" for p in b.module.parameters())
+
+
 @needs_cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", ["onnxruntime", "torch"])
-def test_cuda_backends_match_cpu(bundle, batch, eager, name):
+def test_cuda_backends_match_cpu(bundle, batch, eager, eager_model, name):
     reason = backends.unavailable_reason(name, bundle, "cuda")
     if reason is not None:
         pytest.skip(reason)
+    from export.export_onnx import FP16_RELATIVE, FP16_TOLERANCE, _pre_peak_scores, compare_outputs
     with backends.load_backend(name, bundle, "cuda") as b:
         out = b.infer(batch.cuda())
         assert all(v.is_cuda for v in out.values())
-        assert max(_max_error({k: v.cpu() for k, v in out.items()}, eager).values()) <= 1e-3
+    # cuDNN convolutions run in TF32 by default (a 10-bit mantissa, as fp16), so the fp16 bar applies,
+    # near-tied 3x3 score peaks may flip (seen on an H200: one score 0.05 kept on one side, zeroed on
+    # the other); compare_outputs raises above the bar.
+    with torch.no_grad():
+        pre_peak = _pre_peak_scores(eager_model, batch)
+    report = compare_outputs(eager, {k: v.cpu().numpy() for k, v in out.items()}, FP16_TOLERANCE, FP16_RELATIVE,
+                             pre_peak, tie_tolerance=2e-3)
+    assert report["scores_tie_flips"] <= 0.001 * eager["scores"].size
 
 
 @needs_tensorrt

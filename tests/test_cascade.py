@@ -87,6 +87,25 @@ def test_plan_batches_groups_by_shape_and_splits_at_max_batch(bundle):
     assert by_shape[(64, 64)] == [3]
 
 
+def test_shared_batches_fill_the_largest_bucket_first(bundle):
+    ctx = _context(bundle, [(100, 100)] * 3, padding="shared")
+    sizes = [(77, 128), (90, 100), (70, 120), (60, 60), (96, 128), (30, 40), (128, 64), (20, 200)]
+    regions = [cascade.Region(i % 3, np.zeros(4, np.float32), 1.0, size) for i, size in enumerate(sizes)]
+    plan = cascade.plan_batches(ctx, regions)
+    placed = sorted(i for _, idx in plan for i in idx)
+    assert placed == list(range(len(sizes)))  # every region exactly once
+    for shape, idx in plan:
+        assert shape in [tuple(b) for b in bundle.buckets]
+        assert len(idx) <= cascade.max_batch(ctx, shape)
+        assert all(regions[i].size[0] <= shape[0] and regions[i].size[1] <= shape[1] for i in idx)
+        assert [regions[i].image for i in idx] == sorted(regions[i].image for i in idx)  # images together
+    # The first batch is the largest bucket any region needs, and no more calls than bucket padding makes.
+    own = [cascade.input_shape(ctx, r.size) for r in regions]
+    assert plan[0][0] == max(own, key=lambda s: s[0] * s[1])
+    bucket_plan = cascade.plan_batches(_context(bundle, [(100, 100)] * 3, padding="bucket"), regions)
+    assert len(plan) < len(bucket_plan)  # 4 calls against 5 with this bundle
+
+
 # ------------------------------------------------------------------------------------ stacking
 
 def _stack(bundle, boxes, chip, image_hw, valid_range=(0, math.inf)):

@@ -179,6 +179,8 @@ def test_overrides_per_engine_and_per_call(bundle, images):
         engine(image, chip_params=[{"dilation": 2}])
     with pytest.raises(ValueError, match="padding"):
         engine(image, padding="none")
+    with pytest.raises(TypeError, match="chips_on_host"):
+        engine(image, chips_on_host="yes")
     two = engine(image, scales=TEST_SCALES[:2], valid_ranges=[[0, None], [0, 40]], chip_params=[{}])
     _check_valid(two, image.shape[:2], 5)
     assert len(engine.last_stats["scales"]) == 2
@@ -297,13 +299,14 @@ def test_cli_writes_coco_results_and_drawings(bundle, images, tmp_path, capsys):
 @needs_cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
-def test_cuda_engine_matches_cpu(bundle, images, backend):
+@pytest.mark.parametrize("padding,chips_on_host", [("bucket", False), ("shared", True)])
+def test_cuda_engine_matches_cpu(bundle, images, backend, padding, chips_on_host):
     from runtime import backends
     reason = backends.unavailable_reason(backend, bundle, "cuda")
     if reason is not None:
         pytest.skip(reason)
-    gpu = AutoFocusEngine(bundle, backend=backend, device="cuda", padding="bucket")
-    cpu = AutoFocusEngine(bundle, backend="onnxruntime", device="cpu", padding="bucket")
+    gpu = AutoFocusEngine(bundle, backend=backend, device="cuda", padding=padding, chips_on_host=chips_on_host)
+    cpu = AutoFocusEngine(bundle, backend="onnxruntime", device="cpu", padding=padding)
     for mode in ("autofocus", "sniper"):
         for image in images:
             g, c = gpu(image, mode=mode), cpu(image, mode=mode)

@@ -27,6 +27,12 @@ class Backend:
     def load(self):
         import torch
         program = torch.export.load(str(self.bundle.path(MODEL_FILE)))
+        if torch.device(self.device).type != "cpu":
+            # The program was exported on the CPU and its graph names that device in op arguments
+            # (_assert_tensor_metadata of each .to(), constructors); Module.to() leaves those alone, so
+            # on CUDA the first call failed with "Tensor device mismatch" (seen on an H200, 2026-11-26).
+            from torch.export.passes import move_to_device_pass
+            program = move_to_device_pass(program, self.device)
         self.module = program.module().to(self.device)
         return self
 
