@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine is for, in one call (the lease is short and starts are slow):
 # build runtime._C with its CUDA kernels, run the CUDA tests and then the rest of the suite, time the
-# ops (CPU vs CUDA) and the cascade on CUDA (AutoFocus against sniper, PyTorch backend).
+# ops (CPU vs CUDA) and the cascade on CUDA (AutoFocus against sniper, PyTorch backend; benchmarks/settings.py).
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 #
@@ -56,29 +56,11 @@ took bundle timeout 90 $PY export/build_engine.py --out bundles/gpu >>"$OUT/benc
 want fps && took fps-cuda timeout 200 $PY benchmarks/fps.py --bundle bundles/gpu --backend torch --device cuda --split val \
   --repeats 2 --no-progress --json "$OUT/fps_cuda.json" >>"$OUT/bench.log" 2>&1
 
-# Batching and FocusChips placement on the GPU, every variant in one process on the same images
-# (each AutoFocus variant against sniper, which neither setting changes at batch 1).
-variants() {
-  $PY - "$@" <<'PYEOF'
-import os, sys
-from benchmarks import common, fps
-limit, batch = int(sys.argv[1]), int(sys.argv[2])
-engine = common.open_engine("bundles/gpu", "torch", os.environ.get("VARIANTS_DEVICE", "cuda"))
-eval_set = common.load_eval_set(limit=limit, split="val")
-modes = [("sniper", "sniper", {"padding": "bucket"}), ("sniper_shared", "sniper", {"padding": "shared"})]
-for pad in ("bucket", "shared"):
-    for host in (False, True):
-        modes.append((f"af_{pad}{'_host' if host else ''}", "autofocus", {"padding": pad, "chips_on_host": host}))
-results = fps.benchmark(engine, eval_set, modes, repeats=2, batch=batch, progress=False)
-print(f"{limit} val images, torch on {engine.device}, batch {batch}")
-print(fps.format_results(results))
-for name, r in results.items():
-    ms = 1000 / r["images_per_s"]
-    print(name, f"{ms:.2f} ms/img", {k: round(v * ms, 2) for k, v in r["stage_share"].items()})
-PYEOF
-}
-want variants && took variants-b1 timeout 150 variants 150 1 >"$OUT/variants.log" 2>&1
-want variants && took variants-b4 timeout 90 variants 150 4 >>"$OUT/variants.log" 2>&1
+# Batching settings (padding x chips_on_host) against sniper, one process, the same images.
+want variants && took settings-b1 timeout 150 $PY benchmarks/settings.py --bundle bundles/gpu --backend torch \
+  --device cuda --limit 150 >>"$OUT/bench.log" 2>&1
+want variants && took settings-b4 timeout 90 $PY benchmarks/settings.py --bundle bundles/gpu --backend torch \
+  --device cuda --limit 150 --batch 4 >>"$OUT/bench.log" 2>&1
 
 want rest && took pytest-rest timeout 240 $PY -m pytest -q -m "not cuda" -p no:cacheprovider >"$OUT/pytest_rest.log" 2>&1
 want rest && tail -3 "$OUT/pytest_rest.log" | tee -a "$SUMMARY"
@@ -90,5 +72,5 @@ want memcheck && tail -4 "$OUT/sanitizer.log" | tee -a "$SUMMARY"
 want fps && took fps-cuda-batch4 timeout 90 $PY benchmarks/fps.py --bundle bundles/gpu --backend torch --device cuda --split val \
   --batch 4 --modes autofocus,sniper --repeats 2 --no-progress >>"$OUT/bench.log" 2>&1
 
-echo; cat "$OUT/bench.log" "$OUT/variants.log" 2>/dev/null | grep -v "^\s*$" | tail -60
+echo; cat "$OUT/bench.log" | grep -v "^\s*$" | tail -60
 echo; cat "$SUMMARY"

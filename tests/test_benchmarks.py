@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks import common, fps, peers, sweep, visualize
+from benchmarks import settings as batching_settings
 from engine_fixtures import TEST_CHIP_PARAMS, TEST_SCALES, shared_bundle
 
 SCALES = TEST_SCALES
@@ -83,6 +84,32 @@ def test_fps_batch_and_mode_subset(tiny, tmp_path, capsys):
     assert list(record["modes"]) == ["autofocus", "single2"] and record["batch"] == 2
     assert record["modes"]["autofocus"]["speedup_vs_sniper"] is None  # no sniper run: no ratio
     assert len(record["modes"]["autofocus"]["seconds_per_repeat"]) == 2
+
+
+def test_fps_padding_options_reach_the_engine(tiny, tmp_path):
+    bundle, annotations, _ = tiny
+    out = tmp_path / "fps.json"
+    assert fps.main(["--bundle", bundle, "--annotations", annotations, "--repeats", "1", "--modes", "autofocus",
+                     "--padding", "shared", "--chips-on-host", "yes", "--json", str(out), "--no-progress"]) == 0
+    record = json.loads(out.read_text())
+    assert record["padding"] == "shared" and record["chips_on_host"] is True
+
+
+def test_settings_compares_batching_settings_on_one_engine(tiny, tmp_path, capsys):
+    bundle, annotations, _ = tiny
+    out = tmp_path / "settings.json"
+    assert batching_settings.main(["--bundle", bundle, "--annotations", annotations, "--repeats", "1",
+                          "--json", str(out)]) == 0
+    assert "ms/image" in capsys.readouterr().out
+    r = json.loads(out.read_text())["settings"]
+    assert list(r) == ["sniper", "sniper_shared", "autofocus_bucket", "autofocus_bucket_host",
+                       "autofocus_shared", "autofocus_shared_host"]
+    # On the CPU chips_on_host changes nothing; shared padding runs the same real pixels, padded no less.
+    for key in ("AP", "pixels_per_image", "padded_pixels_per_image"):
+        assert r["autofocus_bucket"][key] == r["autofocus_bucket_host"][key], key
+    assert r["autofocus_shared"]["pixels_per_image"] == r["autofocus_bucket"]["pixels_per_image"]
+    assert r["autofocus_shared"]["padded_pixels_per_image"] >= r["autofocus_bucket"]["padded_pixels_per_image"]
+    assert all(v["speedup_vs_sniper"] is not None for v in r.values())
 
 
 def test_fps_parse_modes_and_errors(tiny, capsys):
