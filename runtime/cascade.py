@@ -205,45 +205,58 @@ def crop_batch(ctx: Context, regions: list[Region], idx: list[int], shape) -> to
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _per_region(ctx: Context, regions: list[Region], idx: list[int]):
-    """Device tensors of the batch's regions: factors (n,), origins (n, 2), sizes (n, 2)."""
-    rs = [regions[i] for i in idx]
-    factors = torch.tensor([r.factor for r in rs], dtype=torch.float32, device=ctx.device)
-    origins = torch.tensor(np.stack([r.box[:2] for r in rs]), dtype=torch.float32, device=ctx.device)
-    sizes = torch.tensor([r.size for r in rs], dtype=torch.int64, device=ctx.device)
-    return factors, origins, sizes
+@dataclass
+class BatchRegions:
+    """The batch's regions as tensors, sent to the device in one copy (each small host-to-device copy
+    costs a GPU a call of its own): factors (n,), origins (n, 2) float32; sizes (n, 2) and owners
+    (n, 2: region index, image) int64. `host` keeps the float64 array for work done on the host."""
+    factors: torch.Tensor
+    origins: torch.Tensor
+    sizes: torch.Tensor
+    owners: torch.Tensor
+    host: np.ndarray
+
+    @staticmethod
+    def of(regions: list[Region], idx: list[int], device) -> "BatchRegions":
+        host = np.array([[regions[i].factor, regions[i].box[0], regions[i].box[1], *regions[i].size, i,
+                          regions[i].image] for i in idx], np.float64).reshape(-1, 7)
+        return BatchRegions.from_array(host, device)
+
+    @staticmethod
+    def from_array(host: np.ndarray, device) -> "BatchRegions":
+        t = torch.from_numpy(host).to(device)
+        return BatchRegions(t[:, 0].float(), t[:, 1:3].float(), t[:, 3:5].long(), t[:, 5:7].long(), host)
 
 
-def decode_batch(ctx: Context, out: dict, regions: list[Region], idx: list[int]) -> ScaleDetections:
+def decode_batch(ctx: Context, out: dict, batch: BatchRegions) -> ScaleDetections:
     """Network outputs -> candidates in original pixels (scale = region factor, offset = its origin)."""
-    factors, origins, _ = _per_region(ctx, regions, idx)
     p = ctx.params.decode
     boxes, scores, labels, b = ops.decode(out["scores"], out["ltrb"], stride=ctx.bundle.strides["detection"],
-                                          score_threshold=p["score_threshold"],
-                                          max_candidates=p["max_candidates"], scales=factors, offsets=origins)
-    region_of = torch.tensor(idx, dtype=torch.int64, device=ctx.device)[b.long()]
-    image_of = torch.tensor([r.image for r in regions], dtype=torch.int64, device=ctx.device)[region_of]
-    return ScaleDetections(boxes, scores, labels, region_of, image_of)
+                                          score_threshold=p["score_threshold"], max_candidates=p["max_candidates"],
+                                          scales=batch.factors, offsets=batch.origins)
+    owners = batch.owners[b.long()]
+    return ScaleDetections(boxes, scores, labels, owners[:, 0], owners[:, 1])
 
 
-def focus_chips_batch(ctx: Context, out: dict, regions: list[Region], idx: list[int], chip_params: dict):
+def focus_chips_batch(ctx: Context, out: dict, regions: list[Region], idx: list[int], batch: BatchRegions,
+                      chip_params: dict):
     """FocusChips (Algorithm 1) of every input of the batch -> [(image, chip box in original px)].
 
     Each focus map is read over the input's real cells only (ceil(size / stride)); the chips are
     clipped to the input's real size, divided by its factor and moved by its origin (chips_to_image)."""
     stride = ctx.bundle.strides["focus"]
-    factors, origins, sizes = _per_region(ctx, regions, idx)
     valid = [(math.ceil(regions[i].size[0] / stride), math.ceil(regions[i].size[1] / stride)) for i in idx]
     probs = out["focus"][:, 1]
     if ctx.params.chips_on_host and probs.is_cuda:
-        probs, factors, origins, sizes = (t.cpu() for t in (probs, factors, origins, sizes))
+        probs, batch = probs.cpu(), BatchRegions.from_array(batch.host, "cpu")
     probs = probs.contiguous()
     cells, b = ops.focus_chips_batched(probs, valid, chip_params["threshold"], chip_params["dilation"],
                                        chip_params["min_size"])
     if cells.shape[0] == 0:
         return []
     b = b.long()
-    chips = ops.chips_to_image(cells, stride, factors[b], sizes[b], chip_params["min_size"], origins[b])
+    chips = ops.chips_to_image(cells, stride, batch.factors[b], batch.sizes[b], chip_params["min_size"],
+                               batch.origins[b])
     # One host read for corners and owners together (their sizes decide the next scale's batches).
     host = torch.cat([chips, b.to(torch.float32)[:, None]], 1).cpu().numpy()
     out = []
@@ -278,10 +291,11 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
         with stats.stage("network"):
             out = ctx.network(batch)
         with stats.stage("postprocess"):
-            parts.append(decode_batch(ctx, out, regions, idx))
+            batch_regions = BatchRegions.of(regions, idx, ctx.device)
+            parts.append(decode_batch(ctx, out, batch_regions))
         if chip_params is not None:
             with stats.stage("chips"):
-                for image, box in focus_chips_batch(ctx, out, regions, idx, chip_params):
+                for image, box in focus_chips_batch(ctx, out, regions, idx, batch_regions, chip_params):
                     next_chips[image].append(box)
     return concat(ctx, parts), next_chips
 
@@ -299,13 +313,10 @@ def concat(ctx: Context, parts: list[ScaleDetections]) -> ScaleDetections:
 # ------------------------------------------------------------------------------------ stacking
 
 def _clip_to_images(ctx: Context, dets: ScaleDetections) -> torch.Tensor:
-    hw = torch.tensor(ctx.image_sizes, dtype=torch.float32, device=ctx.device).reshape(-1, 2)[dets.image]
-    zero = torch.zeros_like(hw[:, 0])
-    x1 = torch.minimum(torch.maximum(dets.boxes[:, 0], zero), hw[:, 1])
-    y1 = torch.minimum(torch.maximum(dets.boxes[:, 1], zero), hw[:, 0])
-    x2 = torch.minimum(torch.maximum(dets.boxes[:, 2], zero), hw[:, 1])
-    y2 = torch.minimum(torch.maximum(dets.boxes[:, 3], zero), hw[:, 0])
-    return torch.stack([x1, y1, x2, y2], 1)
+    """Boxes clipped to [0, w] x [0, h] of their own image (one bound per box: batches mix images)."""
+    bounds = torch.tensor([[w, h, w, h] for h, w in ctx.image_sizes], dtype=torch.float32,
+                          device=ctx.device).reshape(-1, 4)[dets.image]
+    return torch.minimum(dets.boxes.clamp(min=0), bounds)
 
 
 def _select(dets: ScaleDetections, boxes: torch.Tensor, keep: torch.Tensor) -> ScaleDetections:
