@@ -17,6 +17,7 @@ replaced by their enclosing rectangle when that runs fewer pixels than the two a
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -58,6 +59,13 @@ class Context:
     params: object          # params.CascadeParams
     stats: object           # stats.RunStats
     device: torch.device
+
+    @functools.cached_property
+    def image_bounds(self) -> torch.Tensor:
+        """(images, 4) [w, h, w, h] on the device, for clipping; `run` makes it before any network call
+        (a copy queued behind the network would wait for it)."""
+        return torch.tensor([[w, h, w, h] for h, w in self.image_sizes], dtype=torch.float32,
+                            device=self.device).reshape(-1, 4)
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -285,13 +293,14 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
     for shape, idx in plan_batches(ctx, regions):
         with stats.stage("chips"):
             batch = crop_batch(ctx, regions, idx, shape)
+            # Sent before the network call: a copy queued behind the network would wait for it.
+            batch_regions = BatchRegions.of(regions, idx, ctx.device)
         stats.add_batch(shape)
         for i in idx:
             stats.add_inputs(scale_index, regions[i].size, shape)
         with stats.stage("network"):
             out = ctx.network(batch)
         with stats.stage("postprocess"):
-            batch_regions = BatchRegions.of(regions, idx, ctx.device)
             parts.append(decode_batch(ctx, out, batch_regions))
         if chip_params is not None:
             with stats.stage("chips"):
@@ -314,9 +323,7 @@ def concat(ctx: Context, parts: list[ScaleDetections]) -> ScaleDetections:
 
 def _clip_to_images(ctx: Context, dets: ScaleDetections) -> torch.Tensor:
     """Boxes clipped to [0, w] x [0, h] of their own image (one bound per box: batches mix images)."""
-    bounds = torch.tensor([[w, h, w, h] for h, w in ctx.image_sizes], dtype=torch.float32,
-                          device=ctx.device).reshape(-1, 4)[dets.image]
-    return torch.minimum(dets.boxes.clamp(min=0), bounds)
+    return torch.minimum(dets.boxes.clamp(min=0), ctx.image_bounds[dets.image])
 
 
 def _select(dets: ScaleDetections, boxes: torch.Tensor, keep: torch.Tensor) -> ScaleDetections:
@@ -420,4 +427,5 @@ def _finish(ctx: Context, kept: list[ScaleDetections], ran: list) -> list[Detect
 def run(ctx: Context, mode: str) -> list[Detections]:
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
+    ctx.image_bounds  # noqa: B018 (made now, before the first network call)
     return {"autofocus": autofocus, "sniper": sniper, "single": single}[mode](ctx)
