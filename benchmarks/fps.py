@@ -29,6 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from benchmarks import common
+from runtime.params import PADDINGS
 
 MODE_NAMES = ("autofocus", "sniper", "single")
 
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the images per mode")
     p.add_argument("--modes", help="comma-separated: autofocus, sniper, single (every scale) or singleN "
                                    "(default: all)")
-    p.add_argument("--padding", choices=("bucket", "divisor", "shared"),
+    p.add_argument("--padding", choices=PADDINGS,
                    help="network-input padding (runtime/params.py; default: the engine's for its device)")
     p.add_argument("--chips-on-host", choices=("yes", "no"),
                    help="on CUDA, FocusChips on a host copy of the focus maps (default: the engine's)")
@@ -189,7 +190,8 @@ def main(argv=None) -> int:
     if args.json:
         record = {"bundle": str(engine.bundle.folder), "annotations": str(eval_set.coco.annotations_path),
                   "images": len(eval_set.infos), "backend": engine.backend_name, "device": engine.device,
-                  "padding": engine.params.padding, "chips_on_host": engine.params.chips_on_host, "batch": args.batch, "repeats": args.repeats,
+                  "padding": engine.params.padding, "chips_on_host": engine.params.chips_on_host,
+                  "batch": args.batch, "repeats": args.repeats,
                   "machine": common.machine(), "versions": common.versions(),
                   "bundle_build": engine.bundle.to_dict().get("build"), "modes": results}
         Path(args.json).write_text(json.dumps(record, indent=2))
