@@ -148,6 +148,17 @@ def numpy_stack_prune(boxes, chip, image_hw):
             & ((x2 < c2) | (c2 >= w)) & ((y2 < d2) | (d2 >= h)))
 
 
+def numpy_paint_boxes(maps, boxes, index, stride):
+    out = maps.copy()
+    x1 = np.clip(np.floor(boxes[:, 0] / stride), 0, maps.shape[2]).astype(int)
+    y1 = np.clip(np.floor(boxes[:, 1] / stride), 0, maps.shape[1]).astype(int)
+    x2 = np.clip(np.ceil(boxes[:, 2] / stride), 0, maps.shape[2]).astype(int)
+    y2 = np.clip(np.ceil(boxes[:, 3] / stride), 0, maps.shape[1]).astype(int)
+    for b, a, c, d, e in zip(index, x1, y1, x2, y2):
+        out[b, c:e, a:d] = 1.0
+    return out
+
+
 # ---- timing ------------------------------------------------------------------------------------
 
 def median_ms(fn, repeats: int, sync=None) -> float:
@@ -177,6 +188,9 @@ def cases(rng):
     det_scores = (rng.random((1, 5, 64, 64)) ** 8).astype(np.float32)  # sparse peaks, ~2% above 0.05... 0.6
     det_ltrb = rng.uniform(2, 60, (1, 4, 64, 64)).astype(np.float32)
     chip = np.array([200, 150, 700, 650], np.float32)
+    maps = np.stack([focus_map(rng) for _ in range(4)])
+    paint = boxes[:300] * np.float32(0.5)  # 300 boxes over 4 maps of 88 x 125 cells (1,408 x 2,000 px)
+    paint_index = rng.integers(0, 4, 300).astype(np.int64)
     return [
         ("dilate", "88x125, d=3", lambda a: ops.dilate(a["mask"], 3),
          lambda: cv2.dilate(mask, np.ones((3, 3), np.uint8)), {"mask": mask}),
@@ -195,6 +209,9 @@ def cases(rng):
          lambda: numpy_soft_nms(boxes, scores), {"boxes": boxes, "scores": scores}),
         ("stack_prune", "2,000 boxes", lambda a: ops.stack_prune(a["boxes"], a["chip"], (1400, 1867)),
          lambda: numpy_stack_prune(boxes, chip, (1400, 1867)), {"boxes": boxes, "chip": chip}),
+        ("paint_boxes", "300 boxes, 4 maps 88x125", lambda a: ops.paint_boxes(a["maps"], a["boxes"], a["index"], 16),
+         lambda: numpy_paint_boxes(maps, paint, paint_index, 16),
+         {"maps": maps, "boxes": paint, "index": paint_index}),
         ("top_k", "2,000 scores, k=200", lambda a: ops.top_k(a["scores"], 200),
          lambda: np.argsort(-scores, kind="stable")[:200], {"scores": scores}),
     ]

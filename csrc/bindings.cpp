@@ -18,6 +18,7 @@
 #include "ops/focus_chips.h"
 #include "ops/decode.h"
 #include "ops/nms.h"
+#include "ops/paint_boxes.h"
 #include "ops/soft_nms.h"
 #include "ops/stack_prune.h"
 #include "ops/top_k.h"
@@ -234,6 +235,18 @@ PYBIND11_MODULE(_C, m) {
     }
     return keep;
   });
+  m.def("paint_boxes_cpu", [](F32 maps, F32 boxes, I64 index, std::optional<py::array_t<bool, py::array::c_style>> keep,
+                              double stride) {
+    const int64_t b = maps.shape(0), h = maps.shape(1), w = maps.shape(2), n = boxes.shape(0);
+    F32 out({b, h, w});
+    std::copy(maps.data(), maps.data() + b * h * w, out.mutable_data());
+    const uint8_t* keep_ptr = keep ? reinterpret_cast<const uint8_t*>(keep->data()) : nullptr;
+    {
+      py::gil_scoped_release release;
+      autofocus::paint_boxes_cpu(out.mutable_data(), b, h, w, boxes.data(), index.data(), keep_ptr, n, stride);
+    }
+    return out;
+  });
   m.def("top_k_cpu", [](F32 scores, int64_t k) {
     const int64_t n = scores.shape(0);
     py::array_t<int64_t> out(std::min(k, n));
@@ -274,6 +287,12 @@ PYBIND11_MODULE(_C, m) {
     autofocus::stack_prune_cuda(reinterpret_cast<const float*>(boxes), reinterpret_cast<const float*>(chips), n,
                                 per_box_chip, image_height, image_width, valid_lo, valid_hi,
                                 reinterpret_cast<uint8_t*>(keep), stream);
+  });
+  m.def("paint_boxes_cuda", [](Ptr out, int64_t maps, int64_t height, int64_t width, Ptr boxes, Ptr index, Ptr keep,
+                               int64_t n, double stride, Ptr stream) {
+    autofocus::paint_boxes_cuda(reinterpret_cast<float*>(out), maps, height, width,
+                                reinterpret_cast<const float*>(boxes), reinterpret_cast<const int64_t*>(index),
+                                reinterpret_cast<const uint8_t*>(keep), n, stride, stream);
   });
   m.def("top_k_cuda", [](Ptr scores, int64_t n, int64_t k, Ptr out, Ptr stream) {
     autofocus::top_k_cuda(reinterpret_cast<const float*>(scores), n, k, reinterpret_cast<int64_t*>(out), stream);

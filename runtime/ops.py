@@ -92,7 +92,7 @@ def _check_finite(x, name: str):
 
 # ---------------------------------------------------------------------------------------------
 # Map ops: dilate, connected_components, focus_chips (Algorithm 1 of DESIGN.md), chips_to_image,
-# crop_resize.
+# paint_boxes, crop_resize.
 
 _MAX_CELLS = 2**31 - 1  # the kernels index map cells with int32
 
@@ -307,6 +307,36 @@ def chips_to_image(chips, stride, scale, input_hw, min_size: int, offset=(0, 0))
     if xp is np:
         return _same_kind(boxes.astype(np.float32), chips)
     return boxes.to(torch.float32)
+
+
+def paint_boxes(maps, boxes, index, stride, keep=None):
+    """Detection-guided FocusPixels: maps (B, H, W) float32 with the cells that boxes cover set to 1.
+
+    boxes (K, 4) float32 [x1, y1, x2, y2] in input pixels of map index[k] (K,) int64; a box covers the
+    cells [floor(x1 / stride), ceil(x2 / stride)) x [floor(y1 / stride), ceil(y2 / stride)), clipped to
+    the map (a box of zero width or height covers none). keep (K,) bool, optional: only those boxes paint. Returns a new array; maps is unchanged.
+    On CUDA one launch (one thread per box) and no host read beyond the argument checks.
+    """
+    like = maps
+    _same_device(maps=maps, boxes=boxes, index=index, keep=keep)
+    m = _array(maps, "maps", (np.float32,), ndim=3)
+    b = _array(boxes, "boxes", (np.float32,), ndim=2, last_dim=4)
+    i = _array(index, "index", (np.int64,), ndim=1)
+    stride = _number(stride, "stride", 0.0, exclusive=True)
+    if i.shape[0] != b.shape[0]:
+        raise ValueError(f"index: expected length {b.shape[0]} (one per box), got {i.shape[0]}")
+    k = None if keep is None else _array(keep, "keep", (np.bool_,), ndim=1)
+    if k is not None and k.shape[0] != b.shape[0]:
+        raise ValueError(f"keep: expected length {b.shape[0]} (one per box), got {k.shape[0]}")
+    _check_boxes(b)
+    if b.shape[0] and bool(((i < 0) | (i >= m.shape[0])).any()):
+        raise ValueError(f"index: expected map indices in [0, {m.shape[0]}), got {i.min()}..{i.max()}")
+    if _is_cuda(m):
+        out = m.clone()
+        _cuda_ext().paint_boxes_cuda(out.data_ptr(), m.shape[0], m.shape[1], m.shape[2], b.data_ptr(), i.data_ptr(),
+                                     _ptr(k), b.shape[0], stride, _cuda_stream(m))
+        return out
+    return _same_kind(_ext().paint_boxes_cpu(m, b, i, k, stride), like)
 
 
 def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to_rgb: bool = True):

@@ -99,6 +99,24 @@ def chips_to_image_reference(chips, stride, scale, input_hw, min_size, offset=(0
     return np.array(out, np.float64).reshape(-1, 4).astype(np.float32)
 
 
+def paint_boxes_reference(maps, boxes, index, stride, keep=None) -> np.ndarray:
+    """A cell is painted (set to 1) when its pixel span [c * stride, (c + 1) * stride) overlaps a kept box
+    with positive length on both axes (float64, cell by cell)."""
+    out = np.array(maps, np.float32, copy=True)
+    _, h, w = out.shape
+    for k, (box, b) in enumerate(zip(np.asarray(boxes, np.float64), np.asarray(index))):
+        if keep is not None and not keep[k]:
+            continue
+        x1, y1, x2, y2 = box
+        for y in range(h):
+            for x in range(w):
+                ox = min(x2, (x + 1) * stride) - max(x1, x * stride)
+                oy = min(y2, (y + 1) * stride) - max(y1, y * stride)
+                if ox > 0 and oy > 0:
+                    out[b, y, x] = 1.0
+    return out
+
+
 def crop_resize_sizes(chips: np.ndarray, scales: np.ndarray):
     chips = np.asarray(chips, np.float32)
     scales = np.asarray(scales, np.float32)

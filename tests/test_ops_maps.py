@@ -1,4 +1,5 @@
-"""Map ops (runtime.ops): dilate, connected_components, focus_chips (+ batched), chips_to_image, crop_resize.
+"""Map ops (runtime.ops): dilate, connected_components, focus_chips (+ batched), chips_to_image, paint_boxes,
+crop_resize.
 
 Each op is checked against an independent reference in tests/reference.py (OpenCV, SciPy, NumPy float64,
 plain Python from DESIGN.md's Algorithm 1), on NumPy arrays and torch CPU tensors (CUDA: against the
@@ -24,6 +25,7 @@ from reference import (
     crop_resize_warp_affine_reference,
     dilate_reference,
     focus_chips_reference,
+    paint_boxes_reference,
 )
 
 CASES_PER_DEVICE = 1000  # x 2 devices here ("numpy", "cpu") = 2,000 random cases per op
@@ -600,3 +602,65 @@ class TestCropResize:
                                       torch.from_numpy(scales).cuda(), (128, 160), MEAN, STD, dtype=dtype)
                 cpu = ops.crop_resize(image, chips, scales, (128, 160), MEAN, STD, dtype=dtype)
                 np.testing.assert_allclose(gpu.float().cpu().numpy(), cpu.astype(np.float32), atol=tol, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+
+class TestPaintBoxes:
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_random_boxes_match_the_cell_overlap_reference(self, device):
+        rng = np.random.default_rng(7)
+        for _ in range(300):
+            b, h, w = int(rng.integers(1, 4)), int(rng.integers(0, 9)), int(rng.integers(0, 9))
+            stride = float(rng.choice([8, 16, 12.5]))
+            maps = (rng.random((b, h, w)) * (rng.random((b, h, w)) < 0.3)).astype(np.float32)
+            n = int(rng.integers(0, 12))
+            xy = rng.uniform(-40, w * stride + 20, (n, 2))
+            # Some sides land exactly on cell borders, some boxes are empty.
+            wh = np.where(rng.random((n, 2)) < 0.2, rng.integers(0, 3, (n, 2)) * stride, rng.uniform(0, 70, (n, 2)))
+            xy = np.where(rng.random((n, 2)) < 0.3, np.round(xy / stride) * stride, xy)
+            boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+            index = rng.integers(0, b, n).astype(np.int64)
+            keep = rng.random(n) < 0.7 if rng.random() < 0.5 else None
+            out = from_device(ops.paint_boxes(on_device(maps, device), on_device(boxes, device),
+                                              on_device(index, device), stride, on_device(keep, device)), device)
+            np.testing.assert_array_equal(out, paint_boxes_reference(maps, boxes, index, stride, keep),
+                                          err_msg=f"stride {stride}\n{boxes}\n{index}\n{keep}")
+
+    def test_hand_worked_case(self):
+        maps = np.full((2, 3, 4), 0.25, np.float32)
+        boxes = np.array([[0, 0, 16, 16],        # exactly cell (0, 0)
+                          [17, 20, 33, 21],      # x: cells 1..2, y: cell 1
+                          [40, 40, 40, 60],      # zero width: nothing
+                          [-30, 40, 5, 100]],    # clipped: column 0, rows 2.. (map 1)
+                         np.float32)
+        out = ops.paint_boxes(maps, boxes, np.array([0, 0, 0, 1]), 16)
+        want = maps.copy()
+        want[0, 0, 0] = 1
+        want[0, 1, 1:3] = 1
+        want[1, 2:, 0] = 1
+        np.testing.assert_array_equal(out, want)
+        assert (maps == 0.25).all()  # the input is not painted in place
+
+    def test_no_boxes_leave_the_maps_as_they_are(self):
+        maps = np.random.default_rng(0).random((2, 5, 6)).astype(np.float32)
+        out = ops.paint_boxes(maps, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 16)
+        np.testing.assert_array_equal(out, maps)
+
+    def test_bad_input_is_refused(self):
+        maps = np.zeros((2, 3, 3), np.float32)
+        box = np.array([[0, 0, 10, 10]], np.float32)
+        with pytest.raises(ValueError, match="index"):
+            ops.paint_boxes(maps, box, np.array([2]), 16)
+        with pytest.raises(ValueError, match="index"):
+            ops.paint_boxes(maps, box, np.array([0, 1]), 16)
+        with pytest.raises(ValueError, match="keep"):
+            ops.paint_boxes(maps, box, np.array([0]), 16, keep=np.array([True, False]))
+        with pytest.raises(ValueError, match="NaN"):
+            ops.paint_boxes(maps, np.array([[0, 0, np.nan, 10]], np.float32), np.array([0]), 16)
+        with pytest.raises(ValueError, match="x2 >= x1"):
+            ops.paint_boxes(maps, np.array([[10, 0, 0, 10]], np.float32), np.array([0]), 16)
+        with pytest.raises(TypeError, match="maps"):
+            ops.paint_boxes(maps.astype(np.float64), box, np.array([0]), 16)
+        with pytest.raises(ValueError, match="stride"):
+            ops.paint_boxes(maps, box, np.array([0]), 0)
