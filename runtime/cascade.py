@@ -236,25 +236,43 @@ class BatchRegions:
         return BatchRegions(t[:, 0].float(), t[:, 1:3].float(), t[:, 3:5].long(), t[:, 5:7].long(), host)
 
 
-def decode_batch(ctx: Context, out: dict, batch: BatchRegions) -> ScaleDetections:
-    """Network outputs -> candidates in original pixels (scale = region factor, offset = its origin)."""
+def decode_batch(ctx: Context, out: dict, batch: BatchRegions) -> tuple[ScaleDetections, torch.Tensor]:
+    """Network outputs -> candidates in original pixels (scale = region factor, offset = its origin),
+    and each candidate's input in the batch (int64)."""
     p = ctx.params.decode
     boxes, scores, labels, b = ops.decode(out["scores"], out["ltrb"], stride=ctx.bundle.strides["detection"],
                                           score_threshold=p["score_threshold"], max_candidates=p["max_candidates"],
                                           scales=batch.factors, offsets=batch.origins)
-    owners = batch.owners[b.long()]
-    return ScaleDetections(boxes, scores, labels, owners[:, 0], owners[:, 1])
+    b = b.long()
+    owners = batch.owners[b]
+    return ScaleDetections(boxes, scores, labels, owners[:, 0], owners[:, 1]), b
 
 
-def focus_chips_batch(ctx: Context, out: dict, regions: list[Region], idx: list[int], batch: BatchRegions,
-                      chip_params: dict):
-    """FocusChips (Algorithm 1) of every input of the batch -> [(image, chip box in original px)].
+def paint_detections(ctx: Context, probs: torch.Tensor, dets: ScaleDetections, det_input: torch.Tensor,
+                     batch: BatchRegions, box_score: float, valid_range) -> torch.Tensor:
+    """The focus maps (B, H, W) with the cells under the batch's own detections set to 1, for detections
+    scoring >= box_score whose sqrt(area) (original px) is inside the finer scale's valid_range: the
+    finer scale then also runs on the objects it is valid for that this scale has already found (the
+    paper's labels mark only objects < 64 px at this scale; the pyramid's finer scale sees them all)."""
+    lo, hi = valid_range
+    boxes = dets.boxes
+    side = torch.sqrt((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0))
+    keep = (dets.scores >= box_score) & (side >= lo) & (side <= hi)
+    # Back to each input's pixels: the inverse of decode's projection.
+    origin = batch.origins[det_input].repeat(1, 2)
+    local = ((boxes - origin) * batch.factors[det_input][:, None]).contiguous()
+    return ops.paint_boxes(probs.contiguous(), local, det_input, ctx.bundle.strides["focus"], keep)
+
+
+def focus_chips_batch(ctx: Context, probs: torch.Tensor, regions: list[Region], idx: list[int],
+                      batch: BatchRegions, chip_params: dict):
+    """FocusChips (Algorithm 1) of every input of the batch (probs: its (B, H, W) focus maps) ->
+    [(image, chip box in original px)].
 
     Each focus map is read over the input's real cells only (ceil(size / stride)); the chips are
     clipped to the input's real size, divided by its factor and moved by its origin (chips_to_image)."""
     stride = ctx.bundle.strides["focus"]
     valid = [(math.ceil(regions[i].size[0] / stride), math.ceil(regions[i].size[1] / stride)) for i in idx]
-    probs = out["focus"][:, 1]
     if ctx.params.chips_on_host and probs.is_cuda:
         probs, batch = probs.cpu(), BatchRegions.from_array(batch.host, "cpu")
     probs = probs.contiguous()
@@ -301,10 +319,15 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
         with stats.stage("network"):
             out = ctx.network(batch)
         with stats.stage("postprocess"):
-            parts.append(decode_batch(ctx, out, batch_regions))
+            dets, det_input = decode_batch(ctx, out, batch_regions)
+            parts.append(dets)
         if chip_params is not None:
             with stats.stage("chips"):
-                for image, box in focus_chips_batch(ctx, out, regions, idx, batch_regions, chip_params):
+                probs = out["focus"][:, 1]
+                if chip_params["box_score"] is not None:
+                    probs = paint_detections(ctx, probs, dets, det_input, batch_regions, chip_params["box_score"],
+                                             ctx.params.valid_ranges[scale_index + 1])
+                for image, box in focus_chips_batch(ctx, probs, regions, idx, batch_regions, chip_params):
                     next_chips[image].append(box)
     return concat(ctx, parts), next_chips
 

@@ -3,7 +3,11 @@
 Names are the bundle.json keys (DESIGN.md: one name everywhere), plus three engine-only ones:
     scales          [[min_side, max_side], ...] per scale
     valid_ranges    [[lo, hi], ...] per scale, sqrt(box area) in original pixels; hi None/inf = no bound
-    chip_params     [{threshold, dilation, min_size}, ...] per transition (len(scales) - 1)
+    chip_params     [{threshold, dilation, min_size[, box_score]}, ...] per transition (len(scales) - 1);
+                    box_score (optional, None = off, the paper's Algorithm 1): the coarser scale's own
+                    detections with a score >= box_score and a size inside the finer scale's valid range
+                    set the focus map's cells under their boxes to 1 before Algorithm 1, so the finer scale
+                    also looks again at the objects it is valid for that the coarser one already found
     decode          {score_threshold, max_candidates}
     soft_nms        {method, sigma, iou_threshold, score_threshold, class_aware}
     max_detections  detections kept per image after Soft-NMS
@@ -35,6 +39,7 @@ DECODE_KEYS = ("score_threshold", "max_candidates")
 SOFT_NMS_KEYS = ("method", "sigma", "iou_threshold", "score_threshold", "class_aware")
 SOFT_NMS_METHODS = ("gaussian", "linear", "hard")
 CHIP_KEYS = ("threshold", "dilation", "min_size")
+CHIP_OPTIONAL_KEYS = ("box_score",)
 NAMES = ("scales", "valid_ranges", "chip_params", "decode", "soft_nms", "max_detections", "scale",
          "padding", "merge_chips", "chips_on_host")
 
@@ -43,7 +48,7 @@ NAMES = ("scales", "valid_ranges", "chip_params", "decode", "soft_nms", "max_det
 class CascadeParams:
     scales: tuple            # ((min_side, max_side), ...) floats
     valid_ranges: tuple      # ((lo, hi), ...) floats, hi may be inf
-    chip_params: tuple       # ({"threshold", "dilation", "min_size"}, ...)
+    chip_params: tuple       # ({"threshold", "dilation", "min_size", "box_score"}, ...); box_score None: off
     decode: dict
     soft_nms: dict
     max_detections: int
@@ -168,15 +173,21 @@ def _valid_range(value, i: int) -> tuple:
 def _chip_params(value, i: int) -> dict:
     name = f"chip_params[{i}]"
     value = _mapping(value, name)
-    unknown = sorted(set(value) - set(CHIP_KEYS))
+    unknown = sorted(set(value) - set(CHIP_KEYS) - set(CHIP_OPTIONAL_KEYS))
     missing = sorted(set(CHIP_KEYS) - set(value))
     if unknown or missing:
-        raise ValueError(f"{name}: expected keys {list(CHIP_KEYS)}; unknown {unknown}, missing {missing}")
+        raise ValueError(f"{name}: expected keys {list(CHIP_KEYS)} (optional {list(CHIP_OPTIONAL_KEYS)}); "
+                         f"unknown {unknown}, missing {missing}")
     dilation = _int(value["dilation"], f"{name} dilation", 1)
     if dilation % 2 == 0:
         raise ValueError(f"{name} dilation: expected an odd size, got {dilation}")
+    box_score = value.get("box_score")
+    if box_score is not None:
+        box_score = _number(box_score, f"{name} box_score", 0)
+        if box_score > 1:
+            raise ValueError(f"{name} box_score: expected a score in [0, 1] or None, got {box_score}")
     return {"threshold": _number(value["threshold"], f"{name} threshold"), "dilation": dilation,
-            "min_size": _int(value["min_size"], f"{name} min_size", 1)}
+            "min_size": _int(value["min_size"], f"{name} min_size", 1), "box_score": box_score}
 
 
 def _decode(value: dict) -> dict:

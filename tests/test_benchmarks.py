@@ -202,7 +202,11 @@ def test_grid_parsing():
     assert sum(firsts[i] != firsts[i + 1] for i in range(31)) == 7  # 8 runs of 4
     assert sweep.parse_grid("k1=12,16", 2) == {((0,), "min_size"): [12, 16]}
     assert len(sweep.grid_settings(sweep.parse_grid("d1=1,3;d2=1,3", 2), base)) == 4  # untied: 2 axes
-    for bad in ("x1=1", "t3=0.1", "t1=", "d1=a", "t1=0.1;=3", "d=1,3;d2=5"):
+    assert sweep.parse_grid("s2=none,0.5", 2) == {((1,), "box_score"): [None, 0.5]}
+    guided = sweep.grid_settings(sweep.parse_grid("s2=none,0.5", 2), base)
+    assert [s[1].get("box_score") for s in guided] == [None, 0.5]
+    assert sweep.label(guided[1]).endswith("k2=4 s2=0.5") and "s2" not in sweep.label(guided[0])
+    for bad in ("x1=1", "t3=0.1", "t1=", "d1=a", "t1=0.1;=3", "d=1,3;d2=5", "s2=high"):
         with pytest.raises(ValueError, match="grid"):
             sweep.parse_grid(bad, 2)
 

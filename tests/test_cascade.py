@@ -8,8 +8,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engine_fixtures import TEST_SCALES, ceil_to, resized, scale_factor, val_images
-from reference import chips_to_image_reference, focus_chips_reference, stack_prune_reference
+from engine_fixtures import TEST_SCALES, TEST_VALID_RANGES, ceil_to, resized, scale_factor, val_images
+from reference import (chips_to_image_reference, decode_reference, focus_chips_reference, paint_boxes_reference,
+                       stack_prune_reference)
 from runtime import cascade, ops
 from runtime.params import bundle_values, resolve
 from runtime.stats import RunStats
@@ -200,6 +201,94 @@ def test_cascade_chips_are_algorithm_1_on_the_networks_own_maps(bundle, engine, 
     stats = engine.last_stats
     assert [s["chips"] for s in stats["scales"]] == [1, len(want2), len(want3)]
     assert len(want3) > 0
+
+
+def test_detection_guided_chips_paint_the_coarser_scales_own_boxes(bundle, engine, session):
+    """box_score: scale-3 chips from scale 2's focus map with the cells under scale 2's detections (score >=
+    box_score, size in scale 3's valid range) set to 1, recomputed here from a separate onnxruntime session
+    with the reference decode, painting and Algorithm 1."""
+    image = val_images(1)[0][0]
+    h, w = image.shape[:2]
+    f2 = scale_factor(h, w, TEST_SCALES[1])
+    oh, ow = resized(h, w, f2)
+    norm = bundle.input
+    batch = ops.crop_resize(image, np.array([[0, 0, w, h]], np.float32), np.array([f2], np.float32),
+                            (ceil_to(oh, 32), ceil_to(ow, 32)), norm["mean"], norm["std"])
+    scores, ltrb, focus = session.run(["scores", "ltrb", "focus"], {"image": batch})
+    d = bundle.decode
+    boxes, box_scores, _, _ = decode_reference(scores, ltrb, bundle.strides["detection"], d["score_threshold"],
+                                               d["max_candidates"], [f2], [(0.0, 0.0)])
+    side = np.sqrt((boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0))
+    # Scale 3's valid range set to the middle of the detections' sizes, so that it leaves some out.
+    lo, hi = (float(v) for v in np.quantile(side, [0.2, 0.6]))
+    ranges = [TEST_VALID_RANGES[0], TEST_VALID_RANGES[1], [lo, hi]]
+    fits = (side >= lo) & (side <= hi)
+    # The highest box_score (halfway between two scores: no ties) that paints 3 boxes and leaves out at least
+    # one as big, so that the chips stay apart and the valid range is seen to matter.
+    ranked = np.unique(box_scores)[::-1]
+    box_score = next(float((a + b) / 2) for a, b in zip(ranked, ranked[1:])
+                     if (fits & (box_scores > a - 1e-9)).sum() >= 3 and (~fits & (box_scores > a - 1e-9)).any())
+    painted = fits & (box_scores >= box_score)
+    prob = focus[0, 1, :math.ceil(oh / 16), :math.ceil(ow / 16)]
+    t2 = float(np.quantile(prob, 0.98))
+    with_boxes = paint_boxes_reference(prob[None], (boxes[painted] * f2).astype(np.float32),
+                                       np.zeros(int(painted.sum()), np.int64), 16)[0]
+    cells = focus_chips_reference(with_boxes, t2, 3, 2)
+    want3 = cascade.merge_overlapping(_snap(chips_to_image_reference(cells, 16, f2, (oh, ow), 2), (0, 0, w, h), f2))
+    guided = {"threshold": t2, "dilation": 3, "min_size": 2, "box_score": box_score}
+    # Transition 1 open (threshold 0): scale 2 runs on the whole image.
+    det = engine(image, chip_params=[{"threshold": 0.0}, guided], valid_ranges=ranges)
+    np.testing.assert_array_equal(det.chips[1], [[0, 0, w, h]])
+    np.testing.assert_allclose(det.chips[2], want3, atol=1e-3)
+    # Every painted detection (clipped to the image) lies inside a scale-3 chip, which the head alone misses.
+    clipped = np.stack([boxes[painted][:, 0].clip(0, w), boxes[painted][:, 1].clip(0, h),
+                        boxes[painted][:, 2].clip(0, w), boxes[painted][:, 3].clip(0, h)], 1)
+    def held(chips):
+        return [bool(((c[0] >= chips[:, 0] - 1e-3) & (c[1] >= chips[:, 1] - 1e-3) & (c[2] <= chips[:, 2] + 1e-3)
+                      & (c[3] <= chips[:, 3] + 1e-3)).any()) for c in clipped]
+    assert all(held(det.chips[2]))
+    plain = engine(image, chip_params=[{"threshold": 0.0}, {**guided, "box_score": None}], valid_ranges=ranges)
+    assert not all(held(plain.chips[2]))
+
+
+def test_paint_detections_selects_by_score_and_the_finer_scales_range(bundle):
+    """Constructed detections of two inputs (factor 2 at origin (100, 50), factor 0.5 at (0, 0)): only
+    those with score >= 0.3 and sqrt(area) in [10, 40] original px paint, at their input-pixel cells."""
+    ctx = _context(bundle, [(400, 500)])
+    regions = [cascade.Region(0, np.array([100, 50, 300, 250], np.float32), 2.0, (400, 400)),
+               cascade.Region(0, np.array([0, 0, 500, 400], np.float32), 0.5, (200, 250))]
+    batch = cascade.BatchRegions.of(regions, [0, 1], "cpu")
+    boxes = np.array([[110, 60, 130, 80],    # input 0, side 20, score 0.9: paints input cells x 1..3, y 1..3
+                      [150, 100, 160, 110],  # side 10 (the range's low end), score 0.3: paints
+                      [150, 150, 250, 240],  # side ~95: too big
+                      [200, 60, 204, 64],    # side 4: too small
+                      [120, 200, 150, 230],  # side 30, score 0.29: too low
+                      [0, 0, 64, 16]],       # input 1, side 32, score 0.5: paints x 0..1, y 0
+                     np.float32)
+    scores = torch.tensor([0.9, 0.3, 0.95, 0.8, 0.29, 0.5])
+    det_input = torch.tensor([0, 0, 0, 0, 0, 1])
+    n = len(boxes)
+    dets = cascade.ScaleDetections(torch.from_numpy(boxes), scores, torch.zeros(n, dtype=torch.int32),
+                                   det_input, torch.zeros(n, dtype=torch.int64))
+    maps = torch.zeros((2, 25, 25))
+    out = cascade.paint_detections(ctx, maps, dets, det_input, batch, 0.3, (10.0, 40.0)).numpy()
+    factor, origin = np.array([2.0, 0.5]), np.array([[100, 50], [0, 0]], np.float64)
+    kept = [0, 1, 5]
+    local = [(boxes[k] - np.tile(origin[det_input[k]], 2)) * factor[det_input[k]] for k in kept]
+    want = paint_boxes_reference(np.zeros((2, 25, 25), np.float32), np.array(local, np.float32),
+                                 det_input.numpy()[kept], 16)
+    np.testing.assert_array_equal(out, want)
+    assert out[0, 1:4, 1:4].all() and out[1, 0, 0:2].all() and out.sum() == 9 + 4 + 2
+
+
+def test_box_score_is_checked(engine):
+    image = val_images(1)[0][0]
+    with pytest.raises(ValueError, match=r"chip_params\[1\] box_score"):
+        engine(image, chip_params=[{}, {"box_score": 1.5}])
+    with pytest.raises(TypeError, match=r"chip_params\[1\] box_score"):
+        engine(image, chip_params=[{}, {"box_score": "high"}])
+    with pytest.raises(ValueError, match="unknown"):
+        engine(image, chip_params=[{}, {"box_scores": 0.3}])
 
 
 def test_no_focus_pixels_costs_only_scale_1(engine):
