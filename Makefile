@@ -16,7 +16,7 @@ install: $(STAMP)
 # The main job: the shipped model exported to bundles/default, then AutoFocus against the full pyramid
 # and each single scale on the bundled val split (generated on first use), in one run.
 BUNDLE := bundles/default/bundle.json
-$(BUNDLE): model/checkpoints/default.pt $(STAMP)
+$(BUNDLE): model/checkpoints/default.pt model/configs/default.json $(STAMP)
 	$(PY) export/build_engine.py
 
 run: $(BUNDLE)
