@@ -254,13 +254,10 @@ def paint_detections(ctx: Context, probs: torch.Tensor, dets: ScaleDetections, d
     scoring >= box_score whose sqrt(area) (original px) is inside the finer scale's valid_range: the
     finer scale then also runs on the objects it is valid for that this scale has already found (the
     paper's labels mark only objects < 64 px at this scale; the pyramid's finer scale sees them all)."""
-    lo, hi = valid_range
-    boxes = dets.boxes
-    side = torch.sqrt((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0))
-    keep = (dets.scores >= box_score) & (side >= lo) & (side <= hi)
+    keep = (dets.scores >= box_score) & in_valid_range(dets.boxes, valid_range)
     # Back to each input's pixels: the inverse of decode's projection.
     origin = batch.origins[det_input].repeat(1, 2)
-    local = ((boxes - origin) * batch.factors[det_input][:, None]).contiguous()
+    local = ((dets.boxes - origin) * batch.factors[det_input][:, None]).contiguous()
     return ops.paint_boxes(probs.contiguous(), local, det_input, ctx.bundle.strides["focus"], keep)
 
 

@@ -314,8 +314,9 @@ def paint_boxes(maps, boxes, index, stride, keep=None):
 
     boxes (K, 4) float32 [x1, y1, x2, y2] in input pixels of map index[k] (K,) int64; a box covers the
     cells [floor(x1 / stride), ceil(x2 / stride)) x [floor(y1 / stride), ceil(y2 / stride)), clipped to
-    the map (a box of zero width or height covers none). keep (K,) bool, optional: only those boxes paint. Returns a new array; maps is unchanged.
-    On CUDA one launch (one thread per box) and no host read beyond the argument checks.
+    the map (a box of zero width or height covers none). keep (K,) bool, optional: only those boxes
+    paint. Returns a new array; maps is unchanged. On CUDA one launch (one thread per box) and no host
+    read beyond the argument checks.
     """
     like = maps
     _same_device(maps=maps, boxes=boxes, index=index, keep=keep)

@@ -1,6 +1,7 @@
 """The cascade's parameters: the bundle's values, overridden per engine and per call, validated once.
 
-Names are the bundle.json keys (DESIGN.md: one name everywhere), plus three engine-only ones:
+Names are the bundle.json keys (DESIGN.md: one name everywhere), plus the engine-only ones
+(scale, padding, merge_chips, chips_on_host):
     scales          [[min_side, max_side], ...] per scale
     valid_ranges    [[lo, hi], ...] per scale, sqrt(box area) in original pixels; hi None/inf = no bound
     chip_params     [{threshold, dilation, min_size[, box_score]}, ...] per transition (len(scales) - 1);
