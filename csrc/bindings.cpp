@@ -222,15 +222,30 @@ PYBIND11_MODULE(_C, m) {
     }
     return py::make_tuple(py::array_t<int64_t>(k, keep.data()), py::array_t<float>(k, out_scores.data()));
   });
-  m.def("stack_prune_cpu", [](F32 boxes, F32 chips, double image_height, double image_width, double valid_lo,
-                              double valid_hi) {
+  m.def("soft_nms_segments_cpu", [labels_ptr](F32 boxes, F32 scores, std::optional<I64> labels, I64 offsets, int method,
+                                              float sigma, float iou_threshold, float score_threshold,
+                                              int64_t max_output) {
+    const int64_t n = scores.shape(0), segments = offsets.shape(0) - 1;
+    I64 keep(n), counts(segments);
+    F32 out_scores(n);
+    {
+      py::gil_scoped_release release;
+      autofocus::soft_nms_segments_cpu(boxes.data(), scores.data(), labels_ptr(labels), offsets.data(), segments,
+                                       method, sigma, iou_threshold, score_threshold, max_output,
+                                       keep.mutable_data(), out_scores.mutable_data(), counts.mutable_data());
+    }
+    return py::make_tuple(keep, out_scores, counts);
+  });
+  m.def("stack_prune_cpu", [](F32 boxes, F32 chips, std::optional<F32> image_hw, double image_height,
+                              double image_width, double valid_lo, double valid_hi) {
     const int64_t n = boxes.shape(0);
     py::array_t<bool> keep(n);
     const bool per_box = chips.ndim() == 2;
+    const float* hw = image_hw ? image_hw->data() : nullptr;
     auto* out = reinterpret_cast<uint8_t*>(keep.mutable_data());
     {
       py::gil_scoped_release release;
-      autofocus::stack_prune_cpu(boxes.data(), chips.data(), n, per_box, image_height, image_width, valid_lo,
+      autofocus::stack_prune_cpu(boxes.data(), chips.data(), n, per_box, hw, image_height, image_width, valid_lo,
                                  valid_hi, out);
     }
     return keep;
@@ -282,10 +297,22 @@ PYBIND11_MODULE(_C, m) {
                              score_threshold, max_output, reinterpret_cast<int64_t*>(keep),
                              reinterpret_cast<float*>(out_scores), reinterpret_cast<int64_t*>(out_count), stream);
   });
-  m.def("stack_prune_cuda", [](Ptr boxes, Ptr chips, int64_t n, bool per_box_chip, double image_height,
-                               double image_width, double valid_lo, double valid_hi, Ptr keep, Ptr stream) {
+  m.def("soft_nms_segments_cuda", [](Ptr boxes, Ptr scores, Ptr labels, Ptr offsets, int64_t segments, int64_t n,
+                                     int method, float sigma, float iou_threshold, float score_threshold,
+                                     int64_t max_output, Ptr keep, Ptr out_scores, Ptr counts, Ptr stream) {
+    autofocus::soft_nms_segments_cuda(reinterpret_cast<const float*>(boxes), reinterpret_cast<const float*>(scores),
+                                      reinterpret_cast<const int64_t*>(labels),
+                                      reinterpret_cast<const int64_t*>(offsets), segments, n, method, sigma,
+                                      iou_threshold, score_threshold, max_output, reinterpret_cast<int64_t*>(keep),
+                                      reinterpret_cast<float*>(out_scores), reinterpret_cast<int64_t*>(counts),
+                                      stream);
+  });
+  m.def("stack_prune_cuda", [](Ptr boxes, Ptr chips, int64_t n, bool per_box_chip, Ptr image_hw,
+                               double image_height, double image_width, double valid_lo, double valid_hi, Ptr keep,
+                               Ptr stream) {
     autofocus::stack_prune_cuda(reinterpret_cast<const float*>(boxes), reinterpret_cast<const float*>(chips), n,
-                                per_box_chip, image_height, image_width, valid_lo, valid_hi,
+                                per_box_chip, reinterpret_cast<const float*>(image_hw), image_height, image_width,
+                                valid_lo, valid_hi,
                                 reinterpret_cast<uint8_t*>(keep), stream);
   });
   m.def("paint_boxes_cuda", [](Ptr out, int64_t maps, int64_t height, int64_t width, Ptr boxes, Ptr index, Ptr keep,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -47,6 +47,9 @@ class ScaleDetections:
     labels: torch.Tensor
     region: torch.Tensor    # int64 index into that scale's regions
     image: torch.Tensor     # int64 index of the image
+    # bool survivors of stacking / the valid range (None: all). A mask, not a selection: selecting would
+    # need a host read of the count on CUDA; merge drops them inside its one Soft-NMS launch.
+    keep: torch.Tensor | None = None
 
 
 @dataclass
@@ -66,6 +69,11 @@ class Context:
         (a copy queued behind the network would wait for it)."""
         return torch.tensor([[w, h, w, h] for h, w in self.image_sizes], dtype=torch.float32,
                             device=self.device).reshape(-1, 4)
+
+    @functools.cached_property
+    def image_hw(self) -> torch.Tensor:
+        """(images, 2) [h, w] float32 on the device: each box's image size for stacking."""
+        return self.image_bounds[:, [1, 0]].contiguous()
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -346,25 +354,17 @@ def _clip_to_images(ctx: Context, dets: ScaleDetections) -> torch.Tensor:
     return torch.minimum(dets.boxes.clamp(min=0), ctx.image_bounds[dets.image])
 
 
-def _select(dets: ScaleDetections, boxes: torch.Tensor, keep: torch.Tensor) -> ScaleDetections:
-    return ScaleDetections(boxes[keep], dets.scores[keep], dets.labels[keep], dets.region[keep], dets.image[keep])
-
-
 def stack(ctx: Context, dets: ScaleDetections, regions: list[Region], valid_range) -> ScaleDetections:
     """Focus stacking of one scale (DESIGN.md): boxes clipped to their image, then ops.stack_prune with
-    each box's own chip: dropped when cut by a chip side that is not an image side, or when
-    sqrt(area) (of the box clipped to the image) is outside the scale's valid range."""
+    each box's own chip and image: dropped (keep False) when cut by a chip side that is not an image
+    side, or when sqrt(area) (of the box clipped to the image) is outside the scale's valid range. One
+    launch for all images of the batch."""
     boxes = _clip_to_images(ctx, dets)
-    chips = torch.tensor(np.stack([r.box for r in regions]) if regions else np.zeros((0, 4), np.float32),
-                         dtype=torch.float32, device=ctx.device)[dets.region]
-    keep = None
-    for image in sorted({r.image for r in regions}):
-        h, w = ctx.image_sizes[image]
-        k = ops.stack_prune(boxes, chips, (h, w), tuple(valid_range))
-        keep = k if keep is None else torch.where(dets.image == image, k, keep)
-    if keep is None:
-        return dets
-    return _select(dets, boxes, keep)
+    if not regions:
+        return replace(dets, boxes=boxes)
+    chips = torch.tensor(np.stack([r.box for r in regions]), dtype=torch.float32, device=ctx.device)[dets.region]
+    sizes = tuple(ctx.image_sizes[0]) if len(ctx.images) == 1 else ctx.image_hw[dets.image]
+    return replace(dets, boxes=boxes, keep=ops.stack_prune(boxes, chips, sizes, tuple(valid_range)))
 
 
 def in_valid_range(boxes: torch.Tensor, valid_range) -> torch.Tensor:
@@ -376,18 +376,45 @@ def in_valid_range(boxes: torch.Tensor, valid_range) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ merge
 
-def merge(ctx: Context, per_scale: list[ScaleDetections], image: int, chips: list) -> Detections:
-    """All scales' survivors of one image -> Soft-NMS (bundle parameters) -> top max_detections."""
+def merge(ctx: Context, per_scale: list[ScaleDetections], ran: list) -> list[Detections]:
+    """All scales' survivors -> Soft-NMS (bundle parameters) -> top max_detections, for every image of
+    the call in one ops.soft_nms_segments launch: a segment per image, or per image and label when
+    class-aware (labels never decay each other, so each label's sequence is the image's sequence
+    restricted to it, and merging them by (score desc, index asc) gives the image's own order). The
+    one host read of the call copies every image's outputs at once."""
     p = ctx.params.soft_nms
+    n_images = len(ctx.images)
+    per_scale = per_scale or [concat(ctx, [])]
     with ctx.stats.stage("postprocess"):
-        if len(ctx.images) > 1:  # (one image: no selection, no host sync)
-            per_scale = [_select(d, d.boxes, d.image == image) for d in per_scale]
-        boxes, scores, labels = (torch.cat([getattr(d, f) for d in per_scale]) for f in ("boxes", "scores", "labels"))
-        keep, decayed = ops.soft_nms(boxes.float().contiguous(), scores.float().contiguous(),
-                                     labels.to(torch.int32) if p["class_aware"] else None,
-                                     method=p["method"], sigma=p["sigma"], iou_threshold=p["iou_threshold"],
-                                     score_threshold=p["score_threshold"], max_output=ctx.params.max_detections)
-        return Detections(boxes[keep].cpu().numpy(), decayed.cpu().numpy(), labels[keep].cpu().numpy(), chips)
+        cat = lambda f: torch.cat([getattr(d, f) for d in per_scale])  # noqa: E731
+        boxes, scores, labels, image = cat("boxes"), cat("scores"), cat("labels").long(), cat("image")
+        keep = torch.cat([d.keep if d.keep is not None else torch.ones_like(d.scores, dtype=torch.bool)
+                          for d in per_scale])
+        classes = len(ctx.bundle.classes) if p["class_aware"] else 1
+        segments = n_images * classes
+        # Dropped boxes sort past the last segment; a stable sort keeps each segment in input order
+        # (Soft-NMS breaks score ties by index).
+        key = torch.where(keep, image * classes + (labels if classes > 1 else 0), segments)
+        order = torch.sort(key, stable=True)[1]
+        offsets = torch.zeros(segments + 1, dtype=torch.int64, device=ctx.device)
+        offsets[1:] = torch.cumsum(torch.bincount(key, minlength=segments + 1)[:segments], 0)
+        taken, decayed, _ = ops.soft_nms_segments(boxes[order].contiguous(), scores[order].contiguous(), offsets,
+                                                  method=p["method"], sigma=p["sigma"],
+                                                  iou_threshold=p["iou_threshold"],
+                                                  score_threshold=p["score_threshold"],
+                                                  max_output=ctx.params.max_detections)
+        src = order[taken.clamp(min=0)]  # index into the concatenation (unused slots: any, dropped below)
+        table = torch.cat([boxes[src].double(), decayed[:, None].double(),
+                           torch.stack([labels[src], image[src], src, taken], 1).double()], 1)
+        host = table.cpu().numpy()
+        out = []
+        host = host[host[:, 8] >= 0]
+        for i in range(n_images):
+            rows = host[host[:, 6] == i]
+            if classes > 1:
+                rows = rows[np.lexsort((rows[:, 7], -rows[:, 4]))][:ctx.params.max_detections]
+            out.append(Detections(rows[:, :4], rows[:, 4], rows[:, 5], [_chips_of(r, i) for r in ran]))
+        return out
 
 
 def _chips_of(regions: list[Region], image: int) -> np.ndarray:
@@ -424,7 +451,7 @@ def sniper(ctx: Context) -> list[Detections]:
         dets, _ = run_scale(ctx, regions, s)
         with ctx.stats.stage("postprocess"):
             boxes = _clip_to_images(ctx, dets)
-            kept.append(_select(dets, boxes, in_valid_range(boxes, ctx.params.valid_ranges[s])))
+            kept.append(replace(dets, boxes=boxes, keep=in_valid_range(boxes, ctx.params.valid_ranges[s])))
     return _finish(ctx, kept, ran)
 
 
@@ -435,13 +462,13 @@ def single(ctx: Context) -> list[Detections]:
     ran[s] = whole_image_regions(ctx, s)
     dets, _ = run_scale(ctx, ran[s], s)
     with ctx.stats.stage("postprocess"):
-        kept = [ScaleDetections(_clip_to_images(ctx, dets), dets.scores, dets.labels, dets.region, dets.image)]
+        kept = [replace(dets, boxes=_clip_to_images(ctx, dets))]
     return _finish(ctx, kept, ran)
 
 
 def _finish(ctx: Context, kept: list[ScaleDetections], ran: list) -> list[Detections]:
     ran = ran + [[] for _ in range(len(ctx.params.scales) - len(ran))]
-    return [merge(ctx, kept, i, [_chips_of(r, i) for r in ran]) for i in range(len(ctx.images))]
+    return merge(ctx, kept, ran)
 
 
 def run(ctx: Context, mode: str) -> list[Detections]:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from . import backends, cascade, params
+from . import backends, cascade, ops, params
 from .bundle import Bundle, load_bundle
 from .detections import Detections
 from .images import load_image, pad_extreme_aspect
@@ -90,7 +90,10 @@ class AutoFocusEngine:
                 images = [torch.from_numpy(pad_extreme_aspect(a, fill)).to(device) for a in arrays]
             ctx = cascade.Context(images=images, image_sizes=[a.shape[:2] for a in arrays], network=self.infer,
                                   bundle=self.bundle, params=p, stats=stats, device=device)
-            detections = cascade.run(ctx, mode)
+            # On CUDA the ops' value checks (NaN scores and the like) are read once, at the end, rather
+            # than one host synchronisation each; a failure still raises before anything is returned.
+            with ops.deferred_checks():
+                detections = cascade.run(ctx, mode)
         self.last_stats = stats.as_dict()
         return detections
 

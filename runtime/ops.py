@@ -3,11 +3,14 @@
 NumPy arrays in, NumPy arrays out; torch tensors in, torch tensors out on the same device. NumPy arrays
 and CPU tensors run the C++ kernels (tensors zero-copy through NumPy); CUDA tensors run the CUDA kernels
 on the current torch stream and stay on the GPU. This module owns the argument checks a user sees:
-bad input raises ValueError/TypeError naming the argument, before any kernel runs.
+bad input raises ValueError/TypeError naming the argument, before any kernel runs (inside
+deferred_checks(), the value checks of CUDA tensors raise at the block's end instead).
 """
 from __future__ import annotations
 
+import contextvars
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -83,11 +86,45 @@ def _cuda_stream(t) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
+# Value checks of CUDA tensors need a device reduction and a host read: each one a synchronisation that
+# drains the GPU's queue. Inside deferred_checks() they are queued as device flags instead and read in
+# one copy when the block ends. Only checks whose failure cannot make a kernel touch memory out of
+# bounds are deferred (the kernels clip or skip such values); shape, dtype and count checks never are.
+_PENDING = contextvars.ContextVar("autofocus_pending_checks", default=None)
+
+
+@contextmanager
+def deferred_checks():
+    """Within the block, a CUDA tensor's failed value check (NaN/inf, box corners, ranges) raises its
+    ValueError when the block ends (one host read for all of them) rather than at the op; results of a
+    block that raises must be discarded. NumPy and CPU tensors are checked at once as always."""
+    pending: list = []
+    token = _PENDING.set(pending)
+    try:
+        yield
+    finally:
+        _PENDING.reset(token)
+    if pending:  # reached only when the block did not raise
+        import torch
+        failed = torch.stack([flag.reshape(()) for flag, _ in pending]).cpu().numpy()
+        for bad, (_, message) in zip(failed, pending):
+            if bad:
+                raise ValueError(message)
+
+
+def _fail_if(flag, message: str):
+    """Raises ValueError(message) when flag (a bool array or tensor, 0-d) is true; deferred for CUDA
+    tensors inside deferred_checks()."""
+    pending = _PENDING.get()
+    if pending is not None and _is_cuda(flag):
+        pending.append((flag, message))
+    elif bool(flag):
+        raise ValueError(message)
+
+
 def _check_finite(x, name: str):
     """NaN/inf scores or boxes make every downstream answer garbage: refuse them up front."""
-    finite = bool(x.isfinite().all()) if _is_tensor(x) else bool(np.isfinite(x).all())
-    if not finite:
-        raise ValueError(f"{name}: contains NaN or inf")
+    _fail_if(~x.isfinite().all() if _is_tensor(x) else ~np.isfinite(x).all(), f"{name}: contains NaN or inf")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,8 +367,8 @@ def paint_boxes(maps, boxes, index, stride, keep=None):
     if k is not None and k.shape[0] != b.shape[0]:
         raise ValueError(f"keep: expected length {b.shape[0]} (one per box), got {k.shape[0]}")
     _check_boxes(b)
-    if b.shape[0] and bool(((i < 0) | (i >= m.shape[0])).any()):
-        raise ValueError(f"index: expected map indices in [0, {m.shape[0]}), got {i.min()}..{i.max()}")
+    if b.shape[0]:  # (the kernels skip such boxes: safe to defer)
+        _fail_if(((i < 0) | (i >= m.shape[0])).any(), f"index: expected map indices in [0, {m.shape[0]})")
     if _is_cuda(m):
         out = m.clone()
         _cuda_ext().paint_boxes_cuda(out.data_ptr(), m.shape[0], m.shape[1], m.shape[2], b.data_ptr(), i.data_ptr(),
@@ -365,7 +402,10 @@ def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to
     if (std_ <= 0).any():
         raise ValueError(f"std: expected positive values, got {std_.tolist()}")
     on_cuda = _is_cuda(img)
-    if on_cuda:
+    # Chips and scales given on the host (the cascade's) are checked there and sent in one copy: checking
+    # them on the GPU would cost a host read of the result.
+    check_on_device = on_cuda and (_is_tensor(chips) or _is_tensor(scales))
+    if check_on_device:
         import torch
         to_device = lambda x: (x if _is_tensor(x) else torch.as_tensor(np.asarray(x))).to(img.device)  # noqa: E731
         ch = _array(to_device(chips), "chips", (np.float32, np.float64), ndim=2, last_dim=4).float()
@@ -377,14 +417,14 @@ def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to
         raise TypeError(f"scales: expected numbers, got dtype {sc.dtype}")
     count = ch.shape[0]
     if sc.ndim == 0:
-        sc = sc.expand(count) if on_cuda else np.full(count, sc)
+        sc = sc.expand(count) if check_on_device else np.full(count, sc)
     if tuple(sc.shape) != (count,):
         raise ValueError(f"scales: expected a scalar or shape ({count},) to match chips, got {tuple(sc.shape)}")
     if count and img.shape[0] * img.shape[1] == 0:
         raise ValueError(f"image: expected a non-empty image to crop chips from, got shape {tuple(img.shape)}")
 
     # Output sizes in float32, the same arithmetic on either device.
-    if on_cuda:
+    if check_on_device:
         sc = sc.to(torch.float32).contiguous()
         extent = lambda lo, hi: torch.floor((hi - lo) * sc + 0.5).to(torch.int32)  # noqa: E731
         finite = torch.isfinite(ch).all(1) & torch.isfinite(sc)
@@ -397,15 +437,19 @@ def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to
     bad = ~finite | (sc <= 0) | (ch[:, 2] <= ch[:, 0]) | (ch[:, 3] <= ch[:, 1]) | (oh < 1) | (ow < 1) \
         | (oh > out_h) | (ow > out_w)
     if count and bool(bad.any()):
-        i = int(np.flatnonzero(bad.cpu().numpy() if on_cuda else bad)[0])
+        i = int(np.flatnonzero(bad.cpu().numpy() if check_on_device else bad)[0])
         box, s = [float(v) for v in ch[i]], float(sc[i])
         if not (np.isfinite(box).all() and np.isfinite(s) and s > 0):
             raise ValueError(f"chips/scales: chip {i} {box} with scale {s}: expected finite boxes and positive scales")
         raise ValueError(f"chips: chip {i} {box} at scale {s} resizes to ({int(oh[i])}, {int(ow[i])}) pixels: "
                          f"expected x2 > x1, y2 > y1 and a size of 1..{(out_h, out_w)} (out_hw)")
-    sizes = (torch.stack([oh, ow], 1) if on_cuda else np.stack([oh, ow], 1)).reshape(-1, 2)
+    sizes = (torch.stack([oh, ow], 1) if check_on_device else np.stack([oh, ow], 1)).reshape(-1, 2)
     mean_, std_ = [float(v) for v in mean_], [float(v) for v in std_]
     if on_cuda:
+        import torch
+        if not check_on_device:  # one host-to-device copy (sizes < 2^24: exact in float32)
+            packed = torch.from_numpy(np.concatenate([ch, sc[:, None], sizes.astype(np.float32)], 1)).to(img.device)
+            ch, sc, sizes = packed[:, :4].contiguous(), packed[:, 4].contiguous(), packed[:, 5:].to(torch.int32)
         out = torch.empty((count, 3, out_h, out_w), dtype=getattr(torch, out_dtype), device=img.device)
         sizes = sizes.contiguous()
         _cuda_ext().crop_resize_cuda(img.data_ptr(), img.shape[0], img.shape[1], ch.data_ptr(), sc.data_ptr(),
@@ -461,8 +505,7 @@ def _check_boxes(boxes, name: str = "boxes"):
     if boxes.shape[0] == 0:
         return
     bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
-    if bool(bad.any()):
-        raise ValueError(f"{name}: expected x2 >= x1 and y2 >= y1 in every row [x1, y1, x2, y2]")
+    _fail_if(bad.any(), f"{name}: expected x2 >= x1 and y2 >= y1 in every row [x1, y1, x2, y2]")
 
 
 def _boxes_scores(boxes, scores, labels=None):
@@ -522,8 +565,7 @@ def decode(scores, ltrb, stride=8, score_threshold=0.05, max_candidates=1000, sc
     _check_finite(ltrb, "ltrb")
     _check_finite(scales, "scales")
     _check_finite(offsets, "offsets")
-    if bool((scales <= 0).any()):
-        raise ValueError("scales: expected every scale > 0")
+    _fail_if((scales <= 0).any(), "scales: expected every scale > 0")
     if not cuda:
         out = _ext().decode_cpu(scores, ltrb, stride, score_threshold, max_candidates, scales, offsets)
         return tuple(_same_kind(o, scores_in) for o in out)
@@ -612,11 +654,65 @@ def soft_nms(boxes, scores, labels=None, method="gaussian", sigma=0.55, iou_thre
     return keep[:k], out[:k]
 
 
+def soft_nms_segments(boxes, scores, offsets, labels=None, method="gaussian", sigma=0.55, iou_threshold=0.3,
+                      score_threshold=0.001, max_output=None):
+    """soft_nms on each segment of the boxes at once: segment s is boxes[offsets[s]:offsets[s + 1]]
+    (offsets (S + 1,) int64, non-decreasing, from 0 to at most N: boxes beyond offsets[S] are in no
+    segment), run as its own soft_nms with max_output. Typically one segment per image (or per image and
+    label: class-aware Soft-NMS never mixes labels).
+
+    Returns keep (N,) int64, scores (N,) float32 and counts (S,) int64 in a fixed layout: segment s's
+    outputs are keep[offsets[s]:offsets[s] + counts[s]] (indices into all N boxes, in the order taken)
+    with their decayed scores; every other slot holds -1 and 0. On CUDA: one launch (a thread block per
+    segment) and no host read (the offsets are checked on the device, deferrable: deferred_checks()).
+    """
+    like = boxes
+    boxes, scores, labels = _boxes_scores(boxes, scores, labels)
+    _same_device(boxes=boxes, offsets=offsets)
+    offsets = _array(offsets, "offsets", (np.int64,), ndim=1)
+    if offsets.shape[0] < 1:
+        raise ValueError("offsets: expected shape (segments + 1,) starting at 0, got an empty array")
+    if method not in _SOFT_NMS_METHODS:
+        raise ValueError(f"method: expected one of {sorted(_SOFT_NMS_METHODS)}, got {method!r}")
+    sigma = _number(sigma, "sigma", 0.0, exclusive=True)
+    iou_threshold = _number(iou_threshold, "iou_threshold", 0.0)
+    score_threshold = _number(score_threshold, "score_threshold")
+    max_output = -1 if max_output is None else _count(max_output, "max_output")
+    code = _SOFT_NMS_METHODS[method]
+    n, segments = boxes.shape[0], offsets.shape[0] - 1
+    steps = offsets[1:] - offsets[:-1]
+    # A bad offset would send a block out of bounds: refused on the device first (see below).
+    bad = (offsets[0] != 0) | (offsets[-1] > n)
+    if segments:
+        bad = bad | (steps < 0).any()
+    if not _is_cuda(boxes):
+        if bool(bad):
+            raise ValueError(f"offsets: expected non-decreasing offsets from 0 to at most {n}, got {offsets.tolist()}")
+        keep, out, counts = _ext().soft_nms_segments_cpu(boxes, scores, labels, offsets, code, sigma, iou_threshold,
+                                                         score_threshold, max_output)
+        keep[offsets[-1]:], out[offsets[-1]:] = -1, 0
+        return _same_kind(keep, like), _same_kind(out, like), _same_kind(counts, like)
+    import torch
+    keep = torch.full((n,), -1, dtype=torch.int64, device=boxes.device)
+    out = torch.zeros((n,), dtype=torch.float32, device=boxes.device)
+    counts = torch.zeros((segments,), dtype=torch.int64, device=boxes.device)
+    _fail_if(bad, f"offsets: expected non-decreasing offsets from 0 to at most {n}")
+    if segments and max_output != 0:
+        # Bad offsets become one empty segment list on the device, so the kernel stays in bounds even
+        # when the check is deferred.
+        safe = torch.where(bad, torch.zeros_like(offsets), offsets).contiguous()
+        _ext().soft_nms_segments_cuda(boxes.data_ptr(), scores.data_ptr(), _ptr(labels), safe.data_ptr(), segments,
+                                      n, code, sigma, iou_threshold, score_threshold, max_output, keep.data_ptr(),
+                                      out.data_ptr(), counts.data_ptr(), _cuda_stream(boxes))
+    return keep, out, counts
+
+
 def stack_prune(boxes, chip, image_size, valid_range=None):
     """Which detections survive focus stacking (DESIGN.md "Focus stacking rules").
 
     boxes (N, 4) float32 in original-image pixels; chip (4,) float32 (one chip for all boxes) or (N, 4)
     (the chip of each box), in original-image pixels; image_size = (height, width); valid_range = (lo, hi)
+    or an (N, 2) float32 array of each box's image size [height, width] (a batch of images); valid_range = (lo, hi)
     or None (hi may be inf). A box is clipped to its chip and kept when the clipped box has positive area,
     each clipped side is strictly inside the chip or lies on a chip side that is also the image border
     (chip x1 <= 0, y1 <= 0, x2 >= width, y2 >= height), and lo <= sqrt(area of the unclipped box) <= hi.
@@ -639,10 +735,22 @@ def stack_prune(boxes, chip, image_size, valid_range=None):
         raise ValueError(f"chip: expected shape (4,) or ({n}, 4), got {tuple(chip.shape)}")
     _check_boxes(boxes)
     _check_boxes(chip.reshape(-1, 4), "chip")
-    if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
-        raise ValueError(f"image_size: expected (height, width), got {image_size!r}")
-    height = _number(image_size[0], "image_size[0] (height)", 0.0, exclusive=True)
-    width = _number(image_size[1], "image_size[1] (width)", 0.0, exclusive=True)
+    image_hw = None
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        height = _number(image_size[0], "image_size[0] (height)", 0.0, exclusive=True)
+        width = _number(image_size[1], "image_size[1] (width)", 0.0, exclusive=True)
+    elif _is_tensor(image_size) or isinstance(image_size, np.ndarray):
+        _same_device(boxes=boxes, image_size=image_size)
+        image_hw = _array(image_size, "image_size", (np.float32,), ndim=2, last_dim=2)
+        if image_hw.shape[0] != n:
+            raise ValueError(f"image_size: expected (height, width) or shape ({n}, 2) (one per box), got "
+                             f"{tuple(image_hw.shape)}")
+        _fail_if(~(image_hw > 0).all() | ~image_hw.isfinite().all() if _is_tensor(image_hw)
+                 else ~((image_hw > 0).all() & np.isfinite(image_hw).all()),
+                 "image_size: expected positive finite sizes (height, width)")
+        height = width = 0.0
+    else:
+        raise ValueError(f"image_size: expected (height, width) or an (N, 2) array, got {image_size!r}")
     lo, hi = 0.0, float("inf")
     if valid_range is not None:
         if not isinstance(valid_range, (tuple, list)) or len(valid_range) != 2:
@@ -653,11 +761,11 @@ def stack_prune(boxes, chip, image_size, valid_range=None):
             raise ValueError(f"valid_range: expected lo <= hi, got {tuple(valid_range)}")
     per_box = chip.ndim == 2
     if not _is_cuda(boxes):
-        return _same_kind(_ext().stack_prune_cpu(boxes, chip, height, width, lo, hi), like)
+        return _same_kind(_ext().stack_prune_cpu(boxes, chip, image_hw, height, width, lo, hi), like)
     import torch
     keep = torch.empty((n,), dtype=torch.bool, device=boxes.device)
     if n > 0:
-        _ext().stack_prune_cuda(boxes.data_ptr(), chip.data_ptr(), n, per_box, height, width, lo, hi,
+        _ext().stack_prune_cuda(boxes.data_ptr(), chip.data_ptr(), n, per_box, _ptr(image_hw), height, width, lo, hi,
                                 keep.data_ptr(), _cuda_stream(boxes))
     return keep
 

@@ -116,7 +116,8 @@ def _stack(bundle, boxes, chip, image_hw, valid_range=(0, math.inf)):
     dets = cascade.ScaleDetections(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.ones(n),
                                    torch.zeros(n, dtype=torch.int32), torch.zeros(n, dtype=torch.int64),
                                    torch.zeros(n, dtype=torch.int64))
-    return cascade.stack(ctx, dets, regions, valid_range).boxes.numpy()
+    out = cascade.stack(ctx, dets, regions, valid_range)
+    return out.boxes[out.keep].numpy()
 
 
 def test_stacking_drops_boxes_cut_by_an_inner_chip_border(bundle):

@@ -356,6 +356,81 @@ class TestSoftNMS:
             ops.soft_nms(b, s, labels=np.zeros((2, 1), np.int32))
 
 
+class TestSoftNMSSegments:
+    """soft_nms_segments against soft_nms_reference run on each segment on its own."""
+
+    @staticmethod
+    def reference(boxes, scores, offsets, labels, **kw):
+        keep, out, counts = np.full(len(scores), -1, np.int64), np.zeros(len(scores), np.float32), []
+        for s in range(len(offsets) - 1):
+            a, b = offsets[s], offsets[s + 1]
+            k, sc = soft_nms_reference(boxes[a:b], scores[a:b], None if labels is None else labels[a:b], **kw)
+            keep[a:a + len(k)], out[a:a + len(k)] = np.asarray(k) + a, sc
+            counts.append(len(k))
+        return keep, out, np.array(counts, np.int64)
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_random_segments(self, device):
+        rng = np.random.default_rng(15)
+        parted = 0
+        for case in range(150):
+            sizes = rng.integers(0, 30, int(rng.integers(1, 7)))
+            offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            n = int(offsets[-1])
+            boxes = random_boxes(rng, n, clusters=3)
+            scores = random_scores(rng, n, ties=case % 4 == 0)
+            labels = rng.integers(0, 3, n).astype(np.int64) if case % 2 else None
+            kw = dict(method="gaussian", sigma=0.55, score_threshold=float(rng.choice([0.001, 0.2])),
+                      max_output=None if case % 3 == 0 else int(rng.integers(0, 12)))
+            keep, sc, counts = (from_device(o, device) for o in ops.soft_nms_segments(
+                on_device(boxes, device), on_device(scores, device), on_device(offsets, device),
+                labels=on_device(labels, device), **kw))
+            assert keep.dtype == np.int64 and sc.dtype == np.float32 and counts.shape == (len(sizes),)
+            ref_keep, ref_sc, ref_counts = self.reference(boxes, scores, offsets, labels, **kw)
+            for s in range(len(sizes)):
+                a = offsets[s]
+                parted += compare_soft_nms(keep[a:a + counts[s]], sc[a:a + counts[s]],
+                                           ref_keep[a:a + ref_counts[s]], ref_sc[a:a + ref_counts[s]],
+                                           kw["score_threshold"])
+                # unused slots: -1 and 0
+                assert (keep[a + counts[s]:offsets[s + 1]] == -1).all() and (sc[a + counts[s]:offsets[s + 1]] == 0).all()
+        assert parted < 3
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_hand_worked(self, device):
+        # Two segments holding the same three boxes: each decays only within itself.
+        boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 5], [50, 50, 60, 60]] * 2, np.float32)
+        scores = np.array([0.9, 0.8, 0.7, 0.6, 0.95, 0.1], np.float32)
+        offsets = np.array([0, 3, 6, 6], np.int64)  # and an empty third segment
+        keep, sc, counts = (from_device(o, device) for o in ops.soft_nms_segments(
+            on_device(boxes, device), on_device(scores, device), on_device(offsets, device)))
+        w = math.exp(-0.25 / 0.55)
+        np.testing.assert_array_equal(counts, [3, 3, 0])
+        np.testing.assert_array_equal(keep, [0, 2, 1, 4, 3, 5])
+        np.testing.assert_allclose(sc, [0.9, 0.7, 0.8 * w, 0.95, 0.6 * w, 0.1], rtol=1e-6)
+        keep, sc, counts = (from_device(o, device) for o in ops.soft_nms_segments(
+            on_device(boxes, device), on_device(scores, device), on_device(offsets, device), max_output=1))
+        np.testing.assert_array_equal(counts, [1, 1, 0])
+        np.testing.assert_array_equal(keep, [0, -1, -1, 4, -1, -1])
+        # boxes beyond the last offset are in no segment
+        keep, sc, counts = (from_device(o, device) for o in ops.soft_nms_segments(
+            on_device(boxes, device), on_device(scores, device), on_device(offsets[:2], device)))
+        np.testing.assert_array_equal(counts, [3])
+        np.testing.assert_array_equal(keep, [0, 2, 1, -1, -1, -1])
+        np.testing.assert_array_equal(sc[3:], 0)
+
+    def test_bad_offsets(self):
+        b = np.array([[0, 0, 1, 1], [0, 0, 2, 2]], np.float32)
+        s = np.array([0.5, 0.4], np.float32)
+        for offsets in ([0, 3], [1, 2], [0, 2, 1, 2], []):
+            with pytest.raises(ValueError, match="offsets"):
+                ops.soft_nms_segments(b, s, np.array(offsets, np.int64))
+        with pytest.raises(TypeError, match="offsets"):
+            ops.soft_nms_segments(b, s, np.array([0, 2], np.int32))  # dtype
+        with pytest.raises(ValueError, match="scores"):
+            ops.soft_nms_segments(b, np.array([0.5, np.nan], np.float32), np.array([0, 2], np.int64))
+
+
 # ---- stack_prune ---------------------------------------------------------------------------------
 
 class TestStackPrune:
@@ -429,6 +504,32 @@ class TestStackPrune:
         keep = from_device(ops.stack_prune(on_device(boxes[:2], device), on_device(chip, device), (100, 100), (0, 14.999)), device)
         np.testing.assert_array_equal(keep, [True, False])
 
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_per_box_image_sizes(self, device):
+        # Boxes of several images in one call: each against the reference with its own image size.
+        rng = np.random.default_rng(17)
+        n = 400
+        sizes = rng.integers(40, 200, (3, 2)).astype(np.float32)
+        owner = rng.integers(0, 3, n)
+        image_hw = sizes[owner]
+        chips = rng.integers(-10, 150, (n, 2)).astype(np.float32)
+        chips = np.concatenate([chips, chips + rng.integers(1, 100, (n, 2))], 1).astype(np.float32)
+        chips[::3, :2] = np.minimum(chips[::3, :2], image_hw[::3, ::-1] - 1)
+        chips[::3, 2:] = image_hw[::3, ::-1]  # many chips end on their own image's far border
+        xy = rng.integers(-20, 200, (n, 2)).astype(np.float32)
+        boxes = np.concatenate([xy, xy + rng.integers(0, 60, (n, 2))], 1).astype(np.float32)
+        keep = from_device(ops.stack_prune(on_device(boxes, device), on_device(chips, device),
+                                           on_device(image_hw, device), (0.0, 50.0)), device)
+        expected = [stack_prune_reference(boxes[i:i + 1], chips[i], tuple(image_hw[i]), (0.0, 50.0))[0] for i in range(n)]
+        np.testing.assert_array_equal(keep, expected)
+        assert 10 < keep.sum() < n - 10
+        with pytest.raises(ValueError, match="image_size"):
+            ops.stack_prune(on_device(boxes, device), on_device(chips, device), on_device(image_hw[:3], device))
+        with pytest.raises(ValueError, match="image_size"):
+            bad = image_hw.copy()
+            bad[5, 0] = 0
+            ops.stack_prune(on_device(boxes, device), on_device(chips, device), on_device(bad, device))
+
     def test_torch_in_torch_out_and_empty(self):
         keep = ops.stack_prune(torch.zeros((0, 4)), [0, 0, 10, 10], (10, 10))
         assert isinstance(keep, torch.Tensor) and keep.dtype == torch.bool and keep.shape == (0,)
@@ -493,3 +594,40 @@ class TestTopK:
             ops.top_k(np.array([np.nan], np.float32), 1)
         with pytest.raises(ValueError, match="scores"):
             ops.top_k(np.zeros((2, 2), np.float32), 1)
+
+
+# ---- deferred_checks -----------------------------------------------------------------------------
+
+class TestDeferredChecks:
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_a_bad_value_still_raises(self, device):
+        # Inside the block a CUDA tensor's failed check raises when the block ends; NumPy and CPU tensors
+        # at the op. Either way the caller gets the op's own message.
+        scores = np.zeros((1, 2, 4, 4), np.float32)
+        scores[0, 1, 2, 3] = np.nan
+        ltrb = np.ones((1, 4, 4, 4), np.float32)
+        with pytest.raises(ValueError, match="scores: contains NaN or inf"):
+            with ops.deferred_checks():
+                ops.decode(on_device(scores, device), on_device(ltrb, device))
+        boxes = np.array([[5, 0, 1, 1]], np.float32)
+        with pytest.raises(ValueError, match="boxes: expected x2 >= x1"):
+            with ops.deferred_checks():
+                ops.soft_nms_segments(on_device(boxes, device), on_device(np.ones(1, np.float32), device),
+                                      on_device(np.array([0, 1], np.int64), device))
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_good_values_pass_and_the_block_nests_nothing(self, device):
+        scores = np.zeros((1, 2, 4, 4), np.float32)
+        scores[0, 1, 2, 3] = 0.9
+        ltrb = np.ones((1, 4, 4, 4), np.float32)
+        with ops.deferred_checks():
+            boxes, sc, labels, _ = ops.decode(on_device(scores, device), on_device(ltrb, device), stride=8)
+        np.testing.assert_allclose(from_device(boxes, device), [[27, 19, 29, 21]])
+        # outside a block nothing is pending: a later bad call raises at once
+        with pytest.raises(ValueError, match="scores"):
+            ops.decode(on_device(scores * np.nan, device), on_device(ltrb, device))
+
+    def test_an_error_in_the_block_wins(self):
+        with pytest.raises(KeyError):
+            with ops.deferred_checks():
+                raise KeyError("first")

@@ -36,4 +36,19 @@ void soft_nms_cuda(const float* boxes, const float* scores, const int64_t* label
                    float sigma, float iou_threshold, float score_threshold, int64_t max_output, int64_t* keep,
                    float* out_scores, int64_t* out_count, std::uintptr_t stream);
 
+// Segmented: segment s is the boxes [offsets[s], offsets[s + 1]) (offsets non-decreasing, offsets[0] = 0,
+// offsets[segments] <= n: boxes beyond it belong to no segment), each run as its own soft_nms with
+// max_output. Segment s writes its outputs (indices into all n boxes, in the order taken) to the slots
+// keep/out_scores[offsets[s] ...], its count to counts[s], and fills its unused slots with -1 / 0 (the
+// caller fills the slots beyond offsets[segments]): one fixed layout, no host read to size outputs.
+void soft_nms_segments_cpu(const float* boxes, const float* scores, const int64_t* labels, const int64_t* offsets,
+                           int64_t segments, int method, float sigma, float iou_threshold, float score_threshold,
+                           int64_t max_output, int64_t* keep, float* out_scores, int64_t* counts);
+
+// CUDA, segmented: one thread block per segment; n = offsets[segments] (passed, not read back).
+void soft_nms_segments_cuda(const float* boxes, const float* scores, const int64_t* labels, const int64_t* offsets,
+                            int64_t segments, int64_t n, int method, float sigma, float iou_threshold,
+                            float score_threshold, int64_t max_output, int64_t* keep, float* out_scores,
+                            int64_t* counts, std::uintptr_t stream);
+
 }  // namespace autofocus

@@ -30,11 +30,12 @@ AF_HD bool stack_prune_keep(const float* box, const float* chip, double image_he
   return valid_lo <= size && size <= valid_hi;
 }
 
-// chips: (n, 4) when per_box_chip, else one (4,). keep: n bytes (0/1).
-void stack_prune_cpu(const float* boxes, const float* chips, int64_t n, bool per_box_chip, double image_height,
-                     double image_width, double valid_lo, double valid_hi, uint8_t* keep);
+// chips: (n, 4) when per_box_chip, else one (4,). image_hw: (n, 2) [height, width] of each box's image
+// (a batch of several images), or null: image_height x image_width for all. keep: n bytes (0/1).
+void stack_prune_cpu(const float* boxes, const float* chips, int64_t n, bool per_box_chip, const float* image_hw,
+                     double image_height, double image_width, double valid_lo, double valid_hi, uint8_t* keep);
 
-void stack_prune_cuda(const float* boxes, const float* chips, int64_t n, bool per_box_chip,
+void stack_prune_cuda(const float* boxes, const float* chips, int64_t n, bool per_box_chip, const float* image_hw,
                       double image_height, double image_width, double valid_lo, double valid_hi, uint8_t* keep,
                       std::uintptr_t stream);
 

@@ -105,4 +105,18 @@ int64_t soft_nms_cpu(const float* boxes, const float* scores, const int64_t* lab
   return count;
 }
 
+void soft_nms_segments_cpu(const float* boxes, const float* scores, const int64_t* labels, const int64_t* offsets,
+                           int64_t segments, int method, float sigma, float iou_threshold, float score_threshold,
+                           int64_t max_output, int64_t* keep, float* out_scores, int64_t* counts) {
+  for (int64_t s = 0; s < segments; ++s) {
+    const int64_t base = offsets[s], n = offsets[s + 1] - base;
+    const int64_t k = soft_nms_cpu(boxes + 4 * base, scores + base, labels != nullptr ? labels + base : nullptr, n,
+                                   method, sigma, iou_threshold, score_threshold, max_output, keep + base,
+                                   out_scores + base);
+    for (int64_t i = 0; i < k; ++i) keep[base + i] += base;
+    for (int64_t i = k; i < n; ++i) keep[base + i] = -1, out_scores[base + i] = 0.f;
+    counts[s] = k;
+  }
+}
+
 }  // namespace autofocus

@@ -1,6 +1,7 @@
-// soft_nms on the GPU: one block of 1024 threads runs the sequential definition. Each iteration is one
-// pass in which every thread decays its boxes by the box just taken (the shared AF_HD IoU and weight)
-// and tracks its best survivor, then one block-wide (score desc, index asc) argmax picks the next box.
+// soft_nms on the GPU: one block of 1024 threads runs the sequential definition (one block per segment
+// in the segmented form). Each iteration is one pass in which every thread decays its boxes by the box
+// just taken (the shared AF_HD IoU and weight) and tracks its best survivor, then one block-wide
+// (score desc, index asc) argmax picks the next box.
 #include <cfloat>
 
 #include "cuda_utils.cuh"
@@ -41,12 +42,20 @@ __device__ void block_argmax(float& best, int64_t& best_index, float* warp_best,
   best_index = warp_index[32];
 }
 
+// One block per segment (offsets null: one segment [0, n)). Indices are local to the segment inside the
+// loop and written out global (+ base); the segmented form fills the segment's unused slots with -1 / 0.
 __global__ void __launch_bounds__(kSoftNmsThreads)
-    soft_nms_kernel(const float* boxes, const float* scores, const int64_t* labels, int64_t n, int method,
-                    float sigma, float iou_threshold, float score_threshold, int64_t limit, float* current,
-                    float* area, int64_t* keep, float* out_scores, int64_t* out_count) {
+    soft_nms_kernel(const float* boxes, const float* scores, const int64_t* labels, const int64_t* offsets,
+                    int64_t total, int method, float sigma, float iou_threshold, float score_threshold,
+                    int64_t max_output, float* current, float* area, int64_t* keep, float* out_scores,
+                    int64_t* out_count) {
   __shared__ float warp_best[33];
   __shared__ int64_t warp_index[33];
+  const int64_t base = offsets != nullptr ? offsets[blockIdx.x] : 0;
+  const int64_t n = offsets != nullptr ? offsets[blockIdx.x + 1] - base : total;
+  const int64_t limit = max_output < 0 ? n : (max_output < n ? max_output : n);
+  boxes += 4 * base, scores += base, current += base, area += base, keep += base, out_scores += base;
+  if (labels != nullptr) labels += base;
   float best = -INFINITY;
   int64_t best_index = INT64_MAX;
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
@@ -61,7 +70,7 @@ __global__ void __launch_bounds__(kSoftNmsThreads)
     block_argmax(best, best_index, warp_best, warp_index);
     if (best == -INFINITY) break;  // same in every thread
     const int64_t m = best_index;
-    if (threadIdx.x == 0) keep[count] = m, out_scores[count] = best;
+    if (threadIdx.x == 0) keep[count] = m + base, out_scores[count] = best;
     ++count;
     const float* bm = boxes + 4 * m;
     const float area_m = area[m];
@@ -88,7 +97,12 @@ __global__ void __launch_bounds__(kSoftNmsThreads)
       if (s != -INFINITY) keep_better(best, best_index, s, j);
     }
   }
-  if (threadIdx.x == 0) *out_count = count;
+  if (offsets != nullptr) {
+    for (int64_t j = count + threadIdx.x; j < n; j += blockDim.x) keep[j] = -1, out_scores[j] = 0.f;
+    if (threadIdx.x == 0) out_count[blockIdx.x] = count;
+  } else if (threadIdx.x == 0) {
+    *out_count = count;
+  }
 }
 
 }  // namespace detail
@@ -97,16 +111,28 @@ void soft_nms_cuda(const float* boxes, const float* scores, const int64_t* label
                    float sigma, float iou_threshold, float score_threshold, int64_t max_output, int64_t* keep,
                    float* out_scores, int64_t* out_count, std::uintptr_t stream) {
   cudaStream_t s = as_stream(stream);
-  const int64_t limit = max_output < 0 ? n : (max_output < n ? max_output : n);
-  if (n == 0 || limit == 0) {
+  if (n == 0 || max_output == 0) {
     AF_CUDA_CHECK(cudaMemsetAsync(out_count, 0, sizeof(int64_t), s));
     return;
   }
   detail::StreamBuffer<float> current(n, s), area(n, s);
-  detail::soft_nms_kernel<<<1, detail::kSoftNmsThreads, 0, s>>>(boxes, scores, labels, n, method, sigma,
-                                                                  iou_threshold, score_threshold, limit,
+  detail::soft_nms_kernel<<<1, detail::kSoftNmsThreads, 0, s>>>(boxes, scores, labels, nullptr, n, method, sigma,
+                                                                  iou_threshold, score_threshold, max_output,
                                                                   current.get(), area.get(), keep, out_scores,
                                                                   out_count);
+  AF_CUDA_CHECK(cudaGetLastError());
+}
+
+void soft_nms_segments_cuda(const float* boxes, const float* scores, const int64_t* labels, const int64_t* offsets,
+                            int64_t segments, int64_t n, int method, float sigma, float iou_threshold,
+                            float score_threshold, int64_t max_output, int64_t* keep, float* out_scores,
+                            int64_t* counts, std::uintptr_t stream) {
+  cudaStream_t s = as_stream(stream);
+  if (segments == 0) return;
+  detail::StreamBuffer<float> current(n > 0 ? n : 1, s), area(n > 0 ? n : 1, s);
+  detail::soft_nms_kernel<<<static_cast<unsigned>(segments), detail::kSoftNmsThreads, 0, s>>>(
+      boxes, scores, labels, offsets, n, method, sigma, iou_threshold, score_threshold, max_output, current.get(),
+      area.get(), keep, out_scores, counts);
   AF_CUDA_CHECK(cudaGetLastError());
 }
 
