@@ -14,8 +14,10 @@ runs (crop/resize, network, chips, post-processing) and the final copy of detect
 Columns: images/s (median over repeats, with min-max), speed-up = sniper's median time / the mode's,
 pixels per image = network-input pixels of all scales (real: the resized image or chip; padded: what
 the network actually ran, up to the bucket or the next multiple of 32), the ratio of those to sniper's,
-COCO AP/AP50/APs/APm/APl (pycocotools, on the first repeat's detections) and post = the share of the
-engine's time spent in post-processing (decode, stacking, Soft-NMS; engine.last_stats).
+COCO AP/AP50/APs/APm/APl (pycocotools, on the first repeat's detections), post ms = milliseconds an
+image in post-processing (decode, stacking, Soft-NMS; engine.last_stats) and post = its share of the
+engine's time. On CUDA the stage figures come from one more, untimed pass per mode with the engine's
+sync_stages on (each stage waits for its own GPU work); the timed passes run without it.
 """
 from __future__ import annotations
 
@@ -80,14 +82,14 @@ def run_mode(engine, images: list, mode: str, overrides: dict, batch: int, progr
 
 
 def benchmark(engine, eval_set: common.EvalSet, modes, repeats: int = 3, batch: int = 1,
-              progress: bool = True) -> dict:
+              progress: bool = True, warmup_all: bool = False) -> dict:
     """Times each mode (see the module docstring); returns {name: figures} in the order of `modes`."""
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
     images = eval_set.images
-    first = images[:batch]
+    first = images if warmup_all else images[:batch]
     for _, mode, overrides in modes:  # warm-up, untimed
         run_mode(engine, first, mode, overrides, batch)
     runs = {name: {"seconds": [], "stats": []} for name, _, _ in modes}
@@ -100,6 +102,13 @@ def benchmark(engine, eval_set: common.EvalSet, modes, repeats: int = 3, batch: 
                 runs[name]["stats"] += stats
                 if r == 0:
                     runs[name]["detections"] = {info["id"]: d for info, d in zip(eval_set.infos, dets)}
+    if engine.device == "cuda":  # stage attribution: one synced pass per mode, not timed
+        engine.sync_stages = True
+        try:
+            for name, mode, overrides in modes:
+                runs[name]["stage_stats"] = run_mode(engine, images, mode, overrides, batch)[1]
+        finally:
+            engine.sync_stages = False
     results = {name: summarise(run, len(images), repeats) for name, run in runs.items()}
     for name, run in runs.items():
         results[name].update(common.coco_metrics(eval_set, run["detections"]))
@@ -115,7 +124,9 @@ def summarise(run: dict, n_images: int, repeats: int) -> dict:
     padded = sum(common.pixels(s)[1] for s in per_repeat)
     scales = len(per_repeat[0]["scales"])
     chips = [sum(s["scales"][k]["chips"] for s in per_repeat) / n_images for k in range(scales)]
-    stage = {k: sum(s["seconds"][k] for s in run["stats"]) for k in ("network", "chips", "postprocess", "total")}
+    stage_stats = run.get("stage_stats", run["stats"])
+    stage = {k: sum(s["seconds"][k] for s in stage_stats) for k in ("network", "chips", "postprocess", "total")}
+    passes = len(stage_stats) / len(per_repeat)
     median = statistics.median(seconds)
     return {"images_per_s": n_images / median, "images_per_s_min": n_images / max(seconds),
             "images_per_s_max": n_images / min(seconds), "seconds_per_repeat": seconds,
@@ -123,7 +134,12 @@ def summarise(run: dict, n_images: int, repeats: int) -> dict:
             "padded_pixels_per_image": padded / n_images, "chips_per_image": chips,
             "stage_share": {k: (v / stage["total"] if stage["total"] else 0.0)
                             for k, v in stage.items() if k != "total"},
-            "postprocess_share": stage["postprocess"] / stage["total"] if stage["total"] else 0.0}
+            "postprocess_share": stage["postprocess"] / stage["total"] if stage["total"] else 0.0,
+            "postprocess_ms_per_image": 1000 * stage["postprocess"] / (passes * n_images),
+            "stage_ms_per_image": {k: 1000 * v / (passes * n_images) for k, v in stage.items()},
+            "host_syncs_per_image": (sum(s["host_syncs"] for s in per_repeat) / n_images
+                                     if per_repeat[0].get("host_syncs") is not None else None),
+            "synced_stages": bool(stage_stats and stage_stats[0].get("synced_stages"))}
 
 
 def add_ratios(results: dict) -> None:
@@ -142,7 +158,7 @@ def _opt(value, fmt):
 
 def format_results(results: dict) -> str:
     headers = ["mode", "images/s", "(min-max)", "x sniper", "Mpx/img", "padded", "px/sniper", "pad/sniper",
-               "AP", "AP50", "APs", "APm", "APl", "post"]
+               "AP", "AP50", "APs", "APm", "APl", "post ms", "post"]
     rows = []
     for name, r in results.items():
         rows.append([name, f"{r['images_per_s']:.2f}", f"{r['images_per_s_min']:.2f}-{r['images_per_s_max']:.2f}",
@@ -150,8 +166,15 @@ def format_results(results: dict) -> str:
                      f"{r['padded_pixels_per_image'] / 1e6:.3f}", _opt(r["pixels_vs_sniper"], ".3f"),
                      _opt(r["padded_pixels_vs_sniper"], ".3f"),
                      *(f"{r[k]:.1f}" for k in ("AP", "AP50", "APs", "APm", "APl")),
-                     f"{100 * r['postprocess_share']:.0f}%"])
+                     f"{r['postprocess_ms_per_image']:.2f}", f"{100 * r['postprocess_share']:.0f}%"])
     return common.format_table(headers, rows)
+
+
+def format_stages(results: dict) -> str:
+    """Milliseconds an image per stage (synced on CUDA, see the module docstring) and host syncs an image."""
+    rows = [[name, *(f"{r['stage_ms_per_image'][k]:.2f}" for k in ("network", "chips", "postprocess", "total")),
+             _opt(r["host_syncs_per_image"], ".1f")] for name, r in results.items()]
+    return common.format_table(["mode", "network ms", "chips ms", "post ms", "total ms", "syncs/img"], rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network-input padding (runtime/params.py; default: the engine's for its device)")
     p.add_argument("--chips-on-host", choices=("yes", "no"),
                    help="on CUDA, FocusChips on a host copy of the focus maps (default: the engine's)")
+    p.add_argument("--cuda-graphs", choices=("yes", "no"),
+                   help="torch backend on CUDA: replay the network from CUDA graphs (default: yes there)")
+    p.add_argument("--warmup-all", action="store_true",
+                   help="warm up on every image, not only the first batch (every input shape seen before timing: "
+                        "CUDA graph captures, cuDNN algorithm choices)")
     p.add_argument("--json", help="also write the figures, machine and versions to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -177,20 +205,25 @@ def main(argv=None) -> int:
         overrides = {"padding": args.padding} if args.padding else {}
         if args.chips_on_host:
             overrides["chips_on_host"] = args.chips_on_host == "yes"
+        if args.cuda_graphs:
+            overrides["cuda_graphs"] = args.cuda_graphs == "yes"
         engine = common.open_engine(args.bundle, args.backend, args.device, **overrides)
         modes = parse_modes(args.modes, len(engine.params.scales))
         eval_set = common.eval_set_from_args(args)
-        results = benchmark(engine, eval_set, modes, args.repeats, args.batch, progress=not args.no_progress)
+        results = benchmark(engine, eval_set, modes, args.repeats, args.batch, progress=not args.no_progress,
+                            warmup_all=args.warmup_all)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{len(eval_set.infos)} images from {eval_set.coco.annotations_path}; backend {engine.backend_name} on "
           f"{engine.device}; batch {args.batch}; {args.repeats} repeat(s); {common.machine()['cpu']}")
     print(format_results(results))
+    print(format_stages(results))
     if args.json:
         record = {"bundle": str(engine.bundle.folder), "annotations": str(eval_set.coco.annotations_path),
                   "images": len(eval_set.infos), "backend": engine.backend_name, "device": engine.device,
                   "padding": engine.params.padding, "chips_on_host": engine.params.chips_on_host,
+                  "cuda_graphs": engine.cuda_graphs, "warmup_all": args.warmup_all,
                   "batch": args.batch, "repeats": args.repeats,
                   "machine": common.machine(), "versions": common.versions(),
                   "bundle_build": engine.bundle.to_dict().get("build"), "modes": results}

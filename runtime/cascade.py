@@ -67,8 +67,8 @@ class Context:
     def image_bounds(self) -> torch.Tensor:
         """(images, 4) [w, h, w, h] on the device, for clipping; `run` makes it before any network call
         (a copy queued behind the network would wait for it)."""
-        return torch.tensor([[w, h, w, h] for h, w in self.image_sizes], dtype=torch.float32,
-                            device=self.device).reshape(-1, 4)
+        return ops.to_device(np.array([[w, h, w, h] for h, w in self.image_sizes], np.float32).reshape(-1, 4),
+                             self.device)
 
     @functools.cached_property
     def image_hw(self) -> torch.Tensor:
@@ -240,7 +240,7 @@ class BatchRegions:
 
     @staticmethod
     def from_array(host: np.ndarray, device) -> "BatchRegions":
-        t = torch.from_numpy(host).to(device)
+        t = ops.to_device(host, device)
         return BatchRegions(t[:, 0].float(), t[:, 1:3].float(), t[:, 3:5].long(), t[:, 5:7].long(), host)
 
 
@@ -362,7 +362,7 @@ def stack(ctx: Context, dets: ScaleDetections, regions: list[Region], valid_rang
     boxes = _clip_to_images(ctx, dets)
     if not regions:
         return replace(dets, boxes=boxes)
-    chips = torch.tensor(np.stack([r.box for r in regions]), dtype=torch.float32, device=ctx.device)[dets.region]
+    chips = ops.to_device(np.stack([r.box for r in regions]).astype(np.float32), ctx.device)[dets.region]
     sizes = tuple(ctx.image_sizes[0]) if len(ctx.images) == 1 else ctx.image_hw[dets.image]
     return replace(dets, boxes=boxes, keep=ops.stack_prune(boxes, chips, sizes, tuple(valid_range)))
 
@@ -396,16 +396,19 @@ def merge(ctx: Context, per_scale: list[ScaleDetections], ran: list) -> list[Det
         # (Soft-NMS breaks score ties by index).
         key = torch.where(keep, image * classes + (labels if classes > 1 else 0), segments)
         order = torch.sort(key, stable=True)[1]
+        # (scatter_add, not bincount: on CUDA bincount reads the maximum on the host)
+        counts = torch.zeros(segments + 1, dtype=torch.int64, device=ctx.device)
+        counts.scatter_add_(0, key, torch.ones_like(key))
         offsets = torch.zeros(segments + 1, dtype=torch.int64, device=ctx.device)
-        offsets[1:] = torch.cumsum(torch.bincount(key, minlength=segments + 1)[:segments], 0)
+        offsets[1:] = torch.cumsum(counts[:segments], 0)
         taken, decayed, _ = ops.soft_nms_segments(boxes[order].contiguous(), scores[order].contiguous(), offsets,
                                                   method=p["method"], sigma=p["sigma"],
                                                   iou_threshold=p["iou_threshold"],
                                                   score_threshold=p["score_threshold"],
                                                   max_output=ctx.params.max_detections)
         src = order[taken.clamp(min=0)]  # index into the concatenation (unused slots: any, dropped below)
-        table = torch.cat([boxes[src].double(), decayed[:, None].double(),
-                           torch.stack([labels[src], image[src], src, taken], 1).double()], 1)
+        # float32 holds the boxes and scores as they are and the small integers exactly (< 2^24)
+        table = torch.cat([boxes[src], decayed[:, None], torch.stack([labels[src], image[src], src, taken], 1).float()], 1)
         host = table.cpu().numpy()
         out = []
         host = host[host[:, 8] >= 0]

@@ -1,6 +1,7 @@
 """AutoFocusEngine: a bundle, a backend and the cascade behind one call.
 
     engine = AutoFocusEngine("bundles/default", backend="auto")    # or "tensorrt" | "onnxruntime" | "torch"
+    engine = AutoFocusEngine("bundles/default", backend="torch", device="cuda", cuda_graphs=False)
     det = engine("image.jpg")                                     # Detections (NumPy, original pixels)
     det = engine(image_bgr, mode="sniper", soft_nms={"sigma": 0.3})
     dets = engine.detect_batch([a, b, c])
@@ -12,6 +13,10 @@ device=None: "cuda" when the chosen backend runs there, else "cpu". On CUDA, ima
 and post-processing stay on the GPU (FocusChips run on a host copy of the small focus maps unless
 chips_on_host=False); last_stats["host_syncs"] counts the host synchronisations
 torch sees (torch.cuda sync debug mode) plus one per onnxruntime batch (its run ends with one).
+cuda_graphs (torch backend on CUDA; None = on there): replay the network from one CUDA graph per input
+shape (runtime/backends/torch.py). sync_stages=True (an attribute, for profiling): on CUDA, wait for the
+device at the end of every stage, so last_stats' stage times hold the GPU work each stage queued rather
+than whichever stage waited for it (slower: benchmarks time without it and attribute with it).
 """
 from __future__ import annotations
 
@@ -32,12 +37,21 @@ MODES = cascade.MODES
 
 
 class AutoFocusEngine:
-    def __init__(self, bundle, backend: str = "auto", device: str | None = None, **overrides):
+    def __init__(self, bundle, backend: str = "auto", device: str | None = None, cuda_graphs: bool | None = None,
+                 **overrides):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         if not isinstance(backend, str):
             raise TypeError(f"backend: expected a name ('auto' or one of {list(backends.NAMES)}), got {backend!r}")
         self.backend_name, self.device, self.backend_notes = backends.select(self.bundle, backend, device)
         params.check_names(overrides, "AutoFocusEngine")
+        if cuda_graphs not in (None, True, False):
+            raise TypeError(f"cuda_graphs: expected None, True or False, got {cuda_graphs!r}")
+        options = {}
+        if cuda_graphs is not None:
+            if self.backend_name != "torch" or self.device != "cuda":
+                raise ValueError(f"cuda_graphs: applies to the torch backend on CUDA, not {self.backend_name} on "
+                                 f"{self.device}")
+            options["cuda_graphs"] = cuda_graphs
         self._base = params.bundle_values(self.bundle)
         # On CUDA, bucket shapes (TensorRT profiles) shared by as many inputs as fit, and FocusChips on a
         # host copy of the maps: a GPU call costs more than its pixels, and the chips are read on the host
@@ -46,7 +60,8 @@ class AutoFocusEngine:
         self._base["padding"] = "shared" if self.device == "cuda" else "divisor"
         self._base["chips_on_host"] = self.device == "cuda"
         self.overrides = dict(overrides)
-        self._backend = backends.load_backend(self.backend_name, self.bundle, self.device)
+        self._backend = backends.load_backend(self.backend_name, self.bundle, self.device, **options)
+        self.sync_stages = False
         self.params = self._resolve({})  # fails now, not at the first image
         self.last_stats: dict | None = None
         self._ort_runs = 0
@@ -54,6 +69,12 @@ class AutoFocusEngine:
     def __repr__(self):
         return (f"AutoFocusEngine({str(self.bundle.folder)!r}, backend={self.backend_name!r}, "
                 f"device={self.device!r})")
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the network replays from CUDA graphs (torch backend on CUDA; False after a failed capture)."""
+        runner = getattr(self._backend, "runner", None)
+        return runner is not None and runner.disabled is None
 
     @property
     def classes(self) -> list:
@@ -82,12 +103,13 @@ class AutoFocusEngine:
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
         p = self._resolve(overrides)
-        stats = RunStats(mode, len(arrays), len(p.scales), self.backend_name, self.device, p.padding)
+        stats = RunStats(mode, len(arrays), len(p.scales), self.backend_name, self.device, p.padding,
+                         sync=torch.cuda.synchronize if self.sync_stages and self.device == "cuda" else None)
         with self._count_syncs(stats):
             device = torch.device(self.device)
             fill = _mean_bgr(self.bundle.input)
             with stats.stage("chips"):
-                images = [torch.from_numpy(pad_extreme_aspect(a, fill)).to(device) for a in arrays]
+                images = [ops.to_device(pad_extreme_aspect(a, fill), device) for a in arrays]
             ctx = cascade.Context(images=images, image_sizes=[a.shape[:2] for a in arrays], network=self.infer,
                                   bundle=self.bundle, params=p, stats=stats, device=device)
             # On CUDA the ops' value checks (NaN scores and the like) are read once, at the end, rather

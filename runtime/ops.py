@@ -81,6 +81,17 @@ def _same_kind(out: np.ndarray, like):
     return out
 
 
+def to_device(array: np.ndarray, device):
+    """A host NumPy array as a tensor on device. To CUDA through pinned memory and a non-blocking copy:
+    a plain .to("cuda") of pageable memory waits for the whole stream (a host synchronisation per small
+    copy, each draining the GPU's queue). torch's pinned-memory cache keeps the buffer until the copy ran."""
+    import torch
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _cuda_stream(t) -> int:
     import torch
     return torch.cuda.current_stream(t.device).cuda_stream
@@ -231,7 +242,7 @@ def _focus_chips(probs, valid_hw: np.ndarray, threshold, dilation, min_size, nam
         batch_index = torch.empty((rows,), dtype=torch.int32, device=device)
         if batch == 0 or height * width == 0:
             return chips[:0], batch_index[:0]
-        valid = torch.as_tensor(valid_hw, dtype=torch.int32).to(device)
+        valid = to_device(np.asarray(valid_hw, np.int32), device)
         status = torch.empty(2, dtype=torch.int32, device=device)
         _cuda_ext().focus_chips_batched_cuda(probs.data_ptr(), valid.data_ptr(), batch, height, width, threshold,
                                              dilation, min_size, chips.data_ptr(), batch_index.data_ptr(),
@@ -325,7 +336,7 @@ def chips_to_image(chips, stride, scale, input_hw, min_size: int, offset=(0, 0))
     if _is_cuda(c):
         import torch
         xp, px = torch, c.to(torch.float64) * stride
-        scale, hw, offset = (torch.from_numpy(a).to(c.device) for a in (scale, hw, offset))
+        scale, hw, offset = (to_device(a, c.device) for a in (scale, hw, offset))
     else:
         xp, px = np, c.astype(np.float64) * stride
     sides = []
@@ -448,7 +459,7 @@ def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to
     if on_cuda:
         import torch
         if not check_on_device:  # one host-to-device copy (sizes < 2^24: exact in float32)
-            packed = torch.from_numpy(np.concatenate([ch, sc[:, None], sizes.astype(np.float32)], 1)).to(img.device)
+            packed = to_device(np.concatenate([ch, sc[:, None], sizes.astype(np.float32)], 1), img.device)
             ch, sc, sizes = packed[:, :4].contiguous(), packed[:, 4].contiguous(), packed[:, 5:].to(torch.int32)
         out = torch.empty((count, 3, out_h, out_w), dtype=getattr(torch, out_dtype), device=img.device)
         sizes = sizes.contiguous()

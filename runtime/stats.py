@@ -2,7 +2,8 @@
 
 A fresh RunStats is made for every call and its as_dict() becomes engine.last_stats (a returned value,
 not state the next call builds on). Stage times are host wall-clock seconds; on CUDA, work queued
-asynchronously is charged to the stage that waits for it (the next host read).
+asynchronously is charged to the stage that waits for it (the next host read), unless the stats were made
+with sync (the engine's sync_stages): then each stage ends by waiting for the device.
 """
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ STAGES = ("network", "chips", "postprocess")
 
 
 class RunStats:
-    def __init__(self, mode: str, images: int, scales: int, backend: str, device: str, padding: str):
-        self.info = {"mode": mode, "images": images, "backend": backend, "device": device, "padding": padding}
+    def __init__(self, mode: str, images: int, scales: int, backend: str, device: str, padding: str, sync=None):
+        """sync: called at the end of every stage (torch.cuda.synchronize: stage times hold their GPU work)."""
+        self.info = {"mode": mode, "images": images, "backend": backend, "device": device, "padding": padding,
+                     "synced_stages": sync is not None}
+        self._sync = sync
         self.scales = [{"scale": s + 1, "chips": 0, "pixels": 0, "padded_pixels": 0} for s in range(scales)]
         self.batches: dict[str, int] = {}
         self.seconds = dict.fromkeys(STAGES, 0.0)
@@ -27,6 +31,8 @@ class RunStats:
         try:
             yield
         finally:
+            if self._sync is not None:
+                self._sync()
             self.seconds[name] += time.perf_counter() - start
 
     def add_inputs(self, scale_index: int, real_hw, padded_hw):

@@ -58,7 +58,8 @@ def test_fps_main_table_json_and_pixel_accounting(tiny, tmp_path, capsys):
     assert list(record["modes"]) == names
     for r in record["modes"].values():
         for key in ("images_per_s", "speedup_vs_sniper", "pixels_per_image", "padded_pixels_per_image",
-                    "pixels_vs_sniper", "postprocess_share", "AP", "AP50", "APs", "APm", "APl"):
+                    "pixels_vs_sniper", "postprocess_share", "postprocess_ms_per_image", "AP", "AP50", "APs", "APm",
+                    "APl"):
             assert isinstance(r[key], float) and math.isfinite(r[key]), key
         assert r["images_per_s"] > 0 and 0 <= r["postprocess_share"] <= 1 and 0 <= r["AP"] <= 100
         assert r["padded_pixels_per_image"] >= r["pixels_per_image"]

@@ -317,3 +317,38 @@ def test_cuda_engine_matches_cpu(bundle, images, backend, padding, chips_on_host
             np.testing.assert_allclose(np.sort(g.scores[strong_g]), np.sort(c.scores[strong_c]), atol=1e-3)
             for cg, cc in zip(g.chips, c.chips):
                 np.testing.assert_allclose(cg, cc, atol=1e-2)
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_batch_graphs_and_synced_stages(bundle, images):
+    """detect_batch on CUDA (one Soft-NMS launch for all images) against the CPU engine image by image;
+    CUDA graphs against eager; sync_stages' stage times."""
+    from runtime import backends
+    reason = backends.unavailable_reason("torch", bundle, "cuda")
+    if reason is not None:
+        pytest.skip(reason)
+    cpu = AutoFocusEngine(bundle, backend="onnxruntime", device="cpu")
+    graphs = AutoFocusEngine(bundle, backend="torch", device="cuda")
+    eager = AutoFocusEngine(bundle, backend="torch", device="cuda", cuda_graphs=False)
+    assert graphs.cuda_graphs and not eager.cuda_graphs
+    for mode in ("autofocus", "sniper"):
+        got, plain = graphs.detect_batch(images, mode=mode), eager.detect_batch(images, mode=mode)
+        for g, e, image in zip(got, plain, images):
+            c = cpu(image, mode=mode)
+            for other in (e, c):
+                strong_g, strong_o = g.scores > 0.1, other.scores > 0.1
+                np.testing.assert_allclose(np.sort(g.scores[strong_g]), np.sort(other.scores[strong_o]), atol=1e-3)
+    graphs.sync_stages = True
+    graphs.detect_batch(images)
+    stats = graphs.last_stats
+    assert stats["synced_stages"] and sum(stats["seconds"][k] for k in ("network", "chips", "postprocess")) \
+        <= stats["seconds"]["total"]
+
+
+def test_cuda_graphs_option_is_checked(bundle):
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        AutoFocusEngine(bundle, backend="onnxruntime", device="cpu", cuda_graphs=True)
+    with pytest.raises(TypeError, match="cuda_graphs"):
+        AutoFocusEngine(bundle, backend="onnxruntime", device="cpu", cuda_graphs="yes")
+    assert not AutoFocusEngine(bundle, backend="torch", device="cpu").cuda_graphs

@@ -75,9 +75,10 @@ def select(bundle, backend: str = "auto", device: str | None = None) -> tuple[st
                      + "; ".join(notes))
 
 
-def load_backend(name: str, bundle, device: str):
-    """The backend `name` on `device`, loaded (ready to infer)."""
-    return module(name).Backend(bundle, device).load()
+def load_backend(name: str, bundle, device: str, **options):
+    """The backend `name` on `device`, loaded (ready to infer); options go to its constructor (the torch
+    backend's cuda_graphs)."""
+    return module(name).Backend(bundle, device, **options).load()
 
 
 def check_batch(batch, size_divisor: int, name: str = "batch"):
