@@ -5,7 +5,7 @@
 # kernels, the ops timed, then the rest of the suite. Steps run in order of value, each with its own
 # time limit, so a slow or failing step still leaves the others' figures.
 #
-#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh        # SKIP="rest memcheck ops eager" leaves steps out
+#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh        # SKIP="rest memcheck ops eager hotspots" leaves steps out
 #
 # The device tool's call: carry [".gpu", "data/val", "bundles/default"]. .gpu/ (ignored by git) holds what
 # a machine without a package registry lacks: pycocotools wheels (.gpu/whl) and runtime._C prebuilt here
@@ -59,10 +59,16 @@ tail -3 "$OUT/pytest.log" | tee -a "$SUMMARY"
 
 # ---- the cascade on CUDA: every mode at batch 1, AutoFocus and sniper at batch 8, graphs on and off ----
 FPS="$PY benchmarks/fps.py --backend torch --device cuda --split val --no-progress --warmup-all"
-took fps-b1 timeout 200 $FPS --repeats 3 --json "$OUT/fps_b1.json" >"$OUT/bench.log" 2>&1
-took fps-b8 timeout 100 $FPS --repeats 3 --batch 8 --modes autofocus,sniper --json "$OUT/fps_b8.json" >>"$OUT/bench.log" 2>&1
+took fps-b1 timeout 200 $FPS --repeats ${REPEATS:-3} --json "$OUT/fps_b1.json" >"$OUT/bench.log" 2>&1
+took fps-b8 timeout 100 $FPS --repeats ${REPEATS:-3} --batch 8 --modes autofocus,sniper --json "$OUT/fps_b8.json" >>"$OUT/bench.log" 2>&1
 want eager && took fps-b8-eager timeout 100 $FPS --repeats 2 --batch 8 --modes autofocus,sniper --cuda-graphs no \
   --json "$OUT/fps_b8_eager.json" >>"$OUT/bench.log" 2>&1
+
+# ---- where the time goes (cProfile of the host, torch.profiler of the device), AutoFocus and sniper ----
+want hotspots && for mode in autofocus sniper; do
+  took "hotspots-$mode" timeout 90 $PY benchmarks/hotspots.py --backend torch --device cuda --split val --limit 64 \
+    --batch 8 --mode $mode >>"$OUT/hotspots.log" 2>&1
+done
 
 # ---- memory errors in the kernels added since the last GPU run (gVisor machines refuse the sanitizer) ----
 want memcheck && took memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -m cuda \

@@ -113,7 +113,9 @@ def input_shape(ctx: Context, size) -> tuple:
 
 
 def max_batch(ctx: Context, shape) -> int:
-    """The max batch of the smallest bucket holding shape (1 when none does)."""
+    """params.max_batch when set; else the max batch of the smallest bucket holding shape (1 when none does)."""
+    if ctx.params.max_batch is not None:
+        return ctx.params.max_batch
     for (bh, bw), mb in zip(ctx.bundle.buckets, ctx.bundle.max_batch):
         if (bh, bw) == tuple(shape):
             return mb
@@ -324,6 +326,8 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
         with stats.stage("network"):
             out = ctx.network(batch)
         with stats.stage("postprocess"):
+            if ctx.device.type == "cuda":  # the ops skip their own value checks there (engine: trusted_values)
+                ops.require_finite(out, "network output")
             dets, det_input = decode_batch(ctx, out, batch_regions)
             parts.append(dets)
         if chip_params is not None:

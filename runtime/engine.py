@@ -34,6 +34,7 @@ from .images import load_image, pad_extreme_aspect
 from .stats import RunStats
 
 MODES = cascade.MODES
+CUDA_MAX_BATCH = 16
 
 
 class AutoFocusEngine:
@@ -61,6 +62,10 @@ class AutoFocusEngine:
         self._base["chips_on_host"] = self.device == "cuda"
         self.overrides = dict(overrides)
         self._backend = backends.load_backend(self.backend_name, self.bundle, self.device, **options)
+        if self.device == "cuda" and not self._backend.fixed_shapes:
+            # Up to CUDA_MAX_BATCH inputs a network call whatever the bucket (the bundle's max batches are
+            # TensorRT profile sizes): each call also costs a decode and a host read of its count.
+            self._base["max_batch"] = CUDA_MAX_BATCH
         self.sync_stages = False
         self.params = self._resolve({})  # fails now, not at the first image
         self.last_stats: dict | None = None
@@ -82,6 +87,9 @@ class AutoFocusEngine:
 
     def _resolve(self, call_overrides: dict) -> params.CascadeParams:
         p = params.resolve(self._base, self.overrides, call_overrides)
+        if p.max_batch is not None and self._backend.fixed_shapes:
+            raise ValueError(f"max_batch: {self.backend_name} runs the bundle's profiles, whose max batches are fixed "
+                             f"({self.bundle.max_batch}); leave max_batch=None")
         if p.padding == "divisor" and self._backend.fixed_shapes:
             raise ValueError(f"padding: 'divisor' needs a backend that runs any shape; {self.backend_name} runs "
                              "the bundle's buckets only (use padding='bucket')")
@@ -112,9 +120,10 @@ class AutoFocusEngine:
                 images = [ops.to_device(pad_extreme_aspect(a, fill), device) for a in arrays]
             ctx = cascade.Context(images=images, image_sizes=[a.shape[:2] for a in arrays], network=self.infer,
                                   bundle=self.bundle, params=p, stats=stats, device=device)
-            # On CUDA the ops' value checks (NaN scores and the like) are read once, at the end, rather
+            # On CUDA the ops' value checks (NaN scores and the like) are made once per network output
+            # (the cascade's require_finite) rather than in every op, and read once, at the end, rather
             # than one host synchronisation each; a failure still raises before anything is returned.
-            with ops.deferred_checks():
+            with ops.deferred_checks(), ops.trusted_values():
                 detections = cascade.run(ctx, mode)
         self.last_stats = stats.as_dict()
         return detections

@@ -123,6 +123,36 @@ def deferred_checks():
                 raise ValueError(message)
 
 
+_TRUSTED = contextvars.ContextVar("autofocus_trusted_values", default=False)
+
+
+@contextmanager
+def trusted_values():
+    """Within the block the ops skip the value checks of CUDA tensors (each costs a few kernel launches,
+    and a GPU running small inputs is bound by launches): for a caller whose values are checked once
+    where they enter (the cascade checks every network output with require_finite) or made by its own
+    code. Shape, dtype and count checks, and every check of host arrays, still run; the kernels stay in
+    bounds whatever the values (see deferred_checks)."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def _value_checks(x) -> bool:
+    """Whether to check x's values (False for a CUDA tensor inside trusted_values())."""
+    return not (_TRUSTED.get() and _is_cuda(x))
+
+
+def require_finite(arrays: dict, what: str):
+    """ValueError "<what> <name>: contains NaN or inf" unless every array is finite; never skipped by
+    trusted_values() (this is the check it relies on), deferred inside deferred_checks()."""
+    for name, x in arrays.items():
+        _fail_if(~x.isfinite().all() if _is_tensor(x) else ~np.isfinite(x).all(),
+                 f"{what} {name}: contains NaN or inf")
+
+
 def _fail_if(flag, message: str):
     """Raises ValueError(message) when flag (a bool array or tensor, 0-d) is true; deferred for CUDA
     tensors inside deferred_checks()."""
@@ -135,6 +165,8 @@ def _fail_if(flag, message: str):
 
 def _check_finite(x, name: str):
     """NaN/inf scores or boxes make every downstream answer garbage: refuse them up front."""
+    if not _value_checks(x):
+        return
     _fail_if(~x.isfinite().all() if _is_tensor(x) else ~np.isfinite(x).all(), f"{name}: contains NaN or inf")
 
 
@@ -378,7 +410,7 @@ def paint_boxes(maps, boxes, index, stride, keep=None):
     if k is not None and k.shape[0] != b.shape[0]:
         raise ValueError(f"keep: expected length {b.shape[0]} (one per box), got {k.shape[0]}")
     _check_boxes(b)
-    if b.shape[0]:  # (the kernels skip such boxes: safe to defer)
+    if b.shape[0] and _value_checks(i):  # (the kernels skip such boxes: safe to defer or skip)
         _fail_if(((i < 0) | (i >= m.shape[0])).any(), f"index: expected map indices in [0, {m.shape[0]})")
     if _is_cuda(m):
         out = m.clone()
@@ -418,9 +450,9 @@ def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to
     check_on_device = on_cuda and (_is_tensor(chips) or _is_tensor(scales))
     if check_on_device:
         import torch
-        to_device = lambda x: (x if _is_tensor(x) else torch.as_tensor(np.asarray(x))).to(img.device)  # noqa: E731
-        ch = _array(to_device(chips), "chips", (np.float32, np.float64), ndim=2, last_dim=4).float()
-        sc = to_device(scales)
+        on_image_device = lambda x: (x if _is_tensor(x) else torch.as_tensor(np.asarray(x))).to(img.device)  # noqa: E731
+        ch = _array(on_image_device(chips), "chips", (np.float32, np.float64), ndim=2, last_dim=4).float()
+        sc = on_image_device(scales)
     else:
         ch = _array(chips, "chips", (np.float32, np.float64), ndim=2, last_dim=4).astype(np.float32)
         sc = _host_array(scales, "scales")
@@ -513,7 +545,7 @@ def _same_device(**named):
 def _check_boxes(boxes, name: str = "boxes"):
     """Finite, and x2 >= x1, y2 >= y1 (zero-area boxes are allowed)."""
     _check_finite(boxes, name)
-    if boxes.shape[0] == 0:
+    if boxes.shape[0] == 0 or not _value_checks(boxes):
         return
     bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
     _fail_if(bad.any(), f"{name}: expected x2 >= x1 and y2 >= y1 in every row [x1, y1, x2, y2]")
@@ -576,7 +608,8 @@ def decode(scores, ltrb, stride=8, score_threshold=0.05, max_candidates=1000, sc
     _check_finite(ltrb, "ltrb")
     _check_finite(scales, "scales")
     _check_finite(offsets, "offsets")
-    _fail_if((scales <= 0).any(), "scales: expected every scale > 0")
+    if _value_checks(scales):
+        _fail_if((scales <= 0).any(), "scales: expected every scale > 0")
     if not cuda:
         out = _ext().decode_cpu(scores, ltrb, stride, score_threshold, max_candidates, scales, offsets)
         return tuple(_same_kind(o, scores_in) for o in out)
@@ -756,9 +789,10 @@ def stack_prune(boxes, chip, image_size, valid_range=None):
         if image_hw.shape[0] != n:
             raise ValueError(f"image_size: expected (height, width) or shape ({n}, 2) (one per box), got "
                              f"{tuple(image_hw.shape)}")
-        _fail_if(~(image_hw > 0).all() | ~image_hw.isfinite().all() if _is_tensor(image_hw)
-                 else ~((image_hw > 0).all() & np.isfinite(image_hw).all()),
-                 "image_size: expected positive finite sizes (height, width)")
+        if _value_checks(image_hw):
+            _fail_if(~(image_hw > 0).all() | ~image_hw.isfinite().all() if _is_tensor(image_hw)
+                     else ~((image_hw > 0).all() & np.isfinite(image_hw).all()),
+                     "image_size: expected positive finite sizes (height, width)")
         height = width = 0.0
     else:
         raise ValueError(f"image_size: expected (height, width) or an (N, 2) array, got {image_size!r}")

@@ -107,6 +107,25 @@ def test_shared_batches_fill_the_largest_bucket_first(bundle):
     assert len(plan) < len(bucket_plan)  # 4 calls against 5 with this bundle
 
 
+def test_max_batch_replaces_the_bundles_limit(bundle):
+    sizes = [(77, 128), (90, 100), (70, 120), (60, 60), (96, 128), (30, 40), (128, 64), (20, 200)] * 3
+    regions = [cascade.Region(i % 3, np.zeros(4, np.float32), 1.0, size) for i, size in enumerate(sizes)]
+    for limit in (1, 3, 16):
+        ctx = _context(bundle, [(100, 100)] * 3, padding="shared", max_batch=limit)
+        assert cascade.max_batch(ctx, (96, 128)) == limit
+        plan = cascade.plan_batches(ctx, regions)
+        assert sorted(i for _, idx in plan for i in idx) == list(range(len(sizes)))
+        assert all(len(idx) <= limit for _, idx in plan)
+        assert max(len(idx) for _, idx in plan) == min(limit, len(sizes)) or limit == 16
+        if limit == 1:
+            assert len(plan) == len(sizes)
+    default = cascade.plan_batches(_context(bundle, [(100, 100)] * 3, padding="shared"), regions)
+    assert len(cascade.plan_batches(ctx, regions)) < len(default)
+    for bad, error in ((0, ValueError), (2.5, TypeError), ("8", TypeError)):
+        with pytest.raises(error, match="max_batch"):
+            _context(bundle, [(100, 100)], max_batch=bad)
+
+
 # ------------------------------------------------------------------------------------ stacking
 
 def _stack(bundle, boxes, chip, image_hw, valid_range=(0, math.inf)):

@@ -147,6 +147,13 @@ def test_detect_batch_equals_single_calls(bundle, images):
     # Scale 1 of the two same-size images shares one batch (max batch 2 per bucket): 2 batches, not 3.
     engine.detect_batch(same_size, mode="single")
     assert sum(engine.last_stats["batches"].values()) == 2
+    # max_batch replaces the bundle's limit: 3 in one batch; 1 a batch; the same detections either way.
+    engine.detect_batch(same_size, mode="single", padding="shared", max_batch=3)
+    assert sum(engine.last_stats["batches"].values()) == 1
+    one = engine.detect_batch(same_size, mode="autofocus", max_batch=1)
+    for b, s in zip(engine.detect_batch(same_size, mode="autofocus"), one):
+        np.testing.assert_allclose(b.boxes, s.boxes, atol=1e-3)
+        np.testing.assert_array_equal(b.labels, s.labels)
     assert engine.detect_batch([]) == []
 
 
@@ -352,3 +359,22 @@ def test_cuda_graphs_option_is_checked(bundle):
     with pytest.raises(TypeError, match="cuda_graphs"):
         AutoFocusEngine(bundle, backend="onnxruntime", device="cpu", cuda_graphs="yes")
     assert not AutoFocusEngine(bundle, backend="torch", device="cpu").cuda_graphs
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda])])
+def test_nan_network_outputs_are_refused(bundle, images, device):
+    """A network that returns NaN (a broken export, fp16 overflow) gets a clear error, not detections: on
+    the CPU from decode's own check, on CUDA from the cascade's one check of each network output."""
+    engine = AutoFocusEngine(bundle, backend="torch", device=device)
+    real = engine.infer
+
+    def broken(batch):
+        out = real(batch)
+        return {**out, "scores": out["scores"] * float("nan")}
+
+    engine.infer = broken
+    for mode in ("autofocus", "sniper"):
+        with pytest.raises(ValueError, match="scores: contains NaN or inf"):
+            engine(images[0], mode=mode)
+    engine.infer = real
+    assert len(engine(images[0])) > 0  # nothing left behind

@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import DEVICES, from_device, on_device
+from conftest import DEVICES, from_device, needs_cuda, on_device
 from reference import (_iou_matrix64, decode_reference, nms_reference, soft_nms_reference,
                        stack_prune_reference, top_k_reference)
 from runtime import ops
@@ -631,3 +631,33 @@ class TestDeferredChecks:
         with pytest.raises(KeyError):
             with ops.deferred_checks():
                 raise KeyError("first")
+
+
+class TestTrustedValues:
+    def test_host_values_are_still_checked(self):
+        # trusted_values() skips only CUDA tensors' value checks: NumPy and CPU tensors keep theirs.
+        b = np.array([[5, 0, 1, 1]], np.float32)
+        with ops.trusted_values():
+            for boxes in (b, torch.from_numpy(b)):
+                with pytest.raises(ValueError, match="boxes"):
+                    ops.soft_nms(boxes, torch.ones(1) if isinstance(boxes, torch.Tensor) else np.ones(1, np.float32))
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_require_finite_is_never_skipped(self, device):
+        bad = on_device(np.array([0.5, np.inf], np.float32), device)
+        with pytest.raises(ValueError, match="network output focus: contains NaN or inf"):
+            with ops.deferred_checks(), ops.trusted_values():
+                ops.require_finite({"scores": on_device(np.zeros(2, np.float32), device), "focus": bad},
+                                   "network output")
+
+    @needs_cuda
+    @pytest.mark.cuda
+    def test_cuda_values_are_skipped_inside(self):
+        # NaN scores pass decode inside the block (the caller vouches for them), and raise outside it.
+        scores = torch.full((1, 2, 4, 4), float("nan"), device="cuda")
+        ltrb = torch.ones((1, 4, 4, 4), device="cuda")
+        with ops.trusted_values():
+            boxes, *_ = ops.decode(scores, ltrb)
+        assert boxes.shape == (0, 4)  # NaN > threshold is false: no candidates, and no out-of-bounds work
+        with pytest.raises(ValueError, match="scores"):
+            ops.decode(scores, ltrb)
