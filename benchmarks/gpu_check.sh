@@ -5,7 +5,8 @@
 # kernels, the ops timed, then the rest of the suite. Steps run in order of value, each with its own
 # time limit, so a slow or failing step still leaves the others' figures.
 #
-#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh        # SKIP="rest memcheck ops eager hotspots" leaves steps out
+#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+#   STEPS="fps_b8 fps_b1 tests" REPEATS=2 B1_MODES=autofocus,sniper OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 #
 # The device tool's call: carry [".gpu", "data/val", "bundles/default"]. .gpu/ (ignored by git) holds what
 # a machine without a package registry lacks: pycocotools wheels (.gpu/whl) and runtime._C prebuilt here
@@ -19,7 +20,6 @@ PY=${PY:-python3}
 SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 step() { echo "== $1: $2" | tee -a "$SUMMARY"; }
-want() { [[ " ${SKIP:-} " != *" $1 "* ]]; }
 took() { local s=$1; shift; local t0=$SECONDS; "$@"; local rc=$?; step "$s" "rc=$rc in $((SECONDS - t0)) s"; return $rc; }
 
 if compgen -G ".gpu/whl/*.whl" >/dev/null; then
@@ -53,33 +53,42 @@ else
   check_ext >>"$OUT/env_build.log" 2>&1 || { step build "FAILED, see env_build.log"; tail -40 "$OUT/env_build.log"; exit 1; }
 fi
 
-# ---- the CUDA tests (why we are here) ----
-took pytest-cuda timeout 240 $PY -m pytest -q -m cuda -p no:cacheprovider -x --durations=5 >"$OUT/pytest.log" 2>&1
-tail -3 "$OUT/pytest.log" | tee -a "$SUMMARY"
-
-# ---- the cascade on CUDA: every mode at batch 1, AutoFocus and sniper at batch 8, graphs on and off ----
+# ---- the steps, run in the order of $STEPS ----
 FPS="$PY benchmarks/fps.py --backend torch --device cuda --split val --no-progress --warmup-all"
-took fps-b1 timeout 200 $FPS --repeats ${REPEATS:-3} --json "$OUT/fps_b1.json" >"$OUT/bench.log" 2>&1
-took fps-b8 timeout 100 $FPS --repeats ${REPEATS:-3} --batch 8 --modes autofocus,sniper --json "$OUT/fps_b8.json" >>"$OUT/bench.log" 2>&1
-want eager && took fps-b8-eager timeout 100 $FPS --repeats 2 --batch 8 --modes autofocus,sniper --cuda-graphs no \
-  --json "$OUT/fps_b8_eager.json" >>"$OUT/bench.log" 2>&1
-
-# ---- where the time goes (cProfile of the host, torch.profiler of the device), AutoFocus and sniper ----
-want hotspots && for mode in autofocus sniper; do
-  took "hotspots-$mode" timeout 90 $PY benchmarks/hotspots.py --backend torch --device cuda --split val --limit 64 \
-    --batch 8 --mode $mode >>"$OUT/hotspots.log" 2>&1
-done
-
-# ---- memory errors in the kernels added since the last GPU run (gVisor machines refuse the sanitizer) ----
-want memcheck && took memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -m cuda \
-  -p no:cacheprovider tests/test_ops_boxes.py tests/test_ops_maps.py -k "Segments or StackPrune or PaintBoxes or Deferred" \
-  >>"$OUT/pytest.log" 2>&1
-want memcheck && tail -2 "$OUT/pytest.log" | tee -a "$SUMMARY"
-
-want ops && took ops-bench timeout 90 $PY benchmarks/ops.py --repeats 20 --json "$OUT/ops.json" >>"$OUT/bench.log" 2>&1
-
-want rest && took pytest-rest timeout 200 $PY -m pytest -q -m "not cuda" -p no:cacheprovider >>"$OUT/pytest.log" 2>&1
-want rest && tail -2 "$OUT/pytest.log" | tee -a "$SUMMARY"
+tests() {  # the CUDA tests (why we are here)
+  took pytest-cuda timeout 240 $PY -m pytest -q -m cuda -p no:cacheprovider -x --durations=5 >>"$OUT/pytest.log" 2>&1
+  tail -3 "$OUT/pytest.log" | tee -a "$SUMMARY"
+}
+fps_b1() {  # the cascade on CUDA, batch 1 (every mode unless B1_MODES says otherwise)
+  took fps-b1 timeout 200 $FPS --repeats ${REPEATS:-3} ${B1_MODES:+--modes $B1_MODES} --json "$OUT/fps_b1.json" \
+    >>"$OUT/bench.log" 2>&1
+}
+fps_b8() {  # batch 8 (AutoFocus and sniper unless B8_MODES says otherwise)
+  took fps-b8 timeout 150 $FPS --repeats ${REPEATS:-3} --batch 8 --modes ${B8_MODES:-autofocus,sniper} \
+    --json "$OUT/fps_b8.json" >>"$OUT/bench.log" 2>&1
+}
+eager() {  # batch 8 without CUDA graphs
+  took fps-b8-eager timeout 100 $FPS --repeats 2 --batch 8 --modes autofocus,sniper --cuda-graphs no \
+    --json "$OUT/fps_b8_eager.json" >>"$OUT/bench.log" 2>&1
+}
+hotspots() {  # where the time goes (cProfile of the host, torch.profiler of the device)
+  for mode in autofocus sniper; do
+    took "hotspots-$mode" timeout 90 $PY benchmarks/hotspots.py --backend torch --device cuda --split val --limit 64 \
+      --batch 8 --mode $mode >>"$OUT/hotspots.log" 2>&1
+  done
+}
+memcheck() {  # memory errors in the kernels added since the last GPU run (gVisor machines refuse the sanitizer)
+  took memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -m cuda \
+    -p no:cacheprovider tests/test_ops_boxes.py tests/test_ops_maps.py \
+    -k "Segments or StackPrune or PaintBoxes or Deferred or CropResizeImages or Trusted" >>"$OUT/pytest.log" 2>&1
+  tail -2 "$OUT/pytest.log" | tee -a "$SUMMARY"
+}
+ops() { took ops-bench timeout 90 $PY benchmarks/ops.py --repeats 20 --json "$OUT/ops.json" >>"$OUT/bench.log" 2>&1; }
+rest() {
+  took pytest-rest timeout 200 $PY -m pytest -q -m "not cuda" -p no:cacheprovider >>"$OUT/pytest.log" 2>&1
+  tail -2 "$OUT/pytest.log" | tee -a "$SUMMARY"
+}
+for s in ${STEPS:-tests fps_b1 fps_b8 eager hotspots memcheck ops rest}; do "$s"; done
 
 echo; grep -v "^\s*$" "$OUT/bench.log" | grep -v "Warning\|warn" | tail -40
 echo; cat "$SUMMARY"

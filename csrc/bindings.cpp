@@ -172,6 +172,14 @@ PYBIND11_MODULE(_C, m) {
                                   reinterpret_cast<const int32_t*>(out_sizes), count, out_height, out_width,
                                   make_norm(mean, stdev, bgr_to_rgb), half, reinterpret_cast<void*>(out), stream);
     });
+    m.def("crop_resize_images_cuda", [make_norm](std::uintptr_t images, std::uintptr_t params, int count,
+                                                 int out_height, int out_width, std::array<double, 3> mean,
+                                                 std::array<double, 3> stdev, bool bgr_to_rgb, std::uintptr_t out,
+                                                 std::uintptr_t stream) {
+      autofocus::crop_resize_images_cuda(reinterpret_cast<const uint64_t*>(images),
+                                         reinterpret_cast<const float*>(params), count, out_height, out_width,
+                                         make_norm(mean, stdev, bgr_to_rgb), reinterpret_cast<float*>(out), stream);
+    });
 #endif
   }
 

@@ -120,9 +120,10 @@ class AutoFocusEngine:
                 images = [ops.to_device(pad_extreme_aspect(a, fill), device) for a in arrays]
             ctx = cascade.Context(images=images, image_sizes=[a.shape[:2] for a in arrays], network=self.infer,
                                   bundle=self.bundle, params=p, stats=stats, device=device)
-            # On CUDA the ops' value checks (NaN scores and the like) are made once per network output
-            # (the cascade's require_finite) rather than in every op, and read once, at the end, rather
-            # than one host synchronisation each; a failure still raises before anything is returned.
+            # On CUDA the ops skip their value checks (NaN scores and the like) on what the cascade made
+            # itself: decode's and focus_chips' kernels flag non-finite network outputs as they read them,
+            # and what is still checked is read once, at the end, not one host synchronisation each. A
+            # failure still raises before anything is returned.
             with ops.deferred_checks(), ops.trusted_values():
                 detections = cascade.run(ctx, mode)
         self.last_stats = stats.as_dict()

@@ -82,14 +82,14 @@ def _same_kind(out: np.ndarray, like):
 
 
 def to_device(array: np.ndarray, device):
-    """A host NumPy array as a tensor on device. To CUDA through pinned memory and a non-blocking copy:
-    a plain .to("cuda") of pageable memory waits for the whole stream (a host synchronisation per small
-    copy, each draining the GPU's queue). torch's pinned-memory cache keeps the buffer until the copy ran."""
+    """A host NumPy array as a tensor on device. To CUDA as a non-blocking copy: a plain .to("cuda")
+    waits for the whole stream after the copy (a host synchronisation per small copy, each draining the
+    GPU's queue). From pageable memory the driver stages the bytes before the call returns (CUDA's API
+    synchronisation rules), so the array may go at once; pinning it first cost more than the copy
+    (torch.profiler on an H100: ~0.1 ms a pin_memory call)."""
     import torch
     t = torch.from_numpy(np.ascontiguousarray(array))
-    if torch.device(device).type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device, non_blocking=torch.device(device).type == "cuda")
 
 
 def _cuda_stream(t) -> int:
@@ -129,9 +129,10 @@ _TRUSTED = contextvars.ContextVar("autofocus_trusted_values", default=False)
 @contextmanager
 def trusted_values():
     """Within the block the ops skip the value checks of CUDA tensors (each costs a few kernel launches,
-    and a GPU running small inputs is bound by launches): for a caller whose values are checked once
-    where they enter (the cascade checks every network output with require_finite) or made by its own
-    code. Shape, dtype and count checks, and every check of host arrays, still run; the kernels stay in
+    and a GPU running small inputs is bound by launches): for a caller whose values are made by its own
+    code or checked by the kernels that read them (the engine's cascade: decode's kernels flag NaN/inf
+    network scores and decoded boxes, focus_chips NaN/inf focus maps, both read with their counts).
+    Shape, dtype and count checks, and every check of host arrays, still run; the kernels stay in
     bounds whatever the values (see deferred_checks)."""
     token = _TRUSTED.set(True)
     try:
@@ -143,14 +144,6 @@ def trusted_values():
 def _value_checks(x) -> bool:
     """Whether to check x's values (False for a CUDA tensor inside trusted_values())."""
     return not (_TRUSTED.get() and _is_cuda(x))
-
-
-def require_finite(arrays: dict, what: str):
-    """ValueError "<what> <name>: contains NaN or inf" unless every array is finite; never skipped by
-    trusted_values() (this is the check it relies on), deferred inside deferred_checks()."""
-    for name, x in arrays.items():
-        _fail_if(~x.isfinite().all() if _is_tensor(x) else ~np.isfinite(x).all(),
-                 f"{what} {name}: contains NaN or inf")
 
 
 def _fail_if(flag, message: str):
@@ -506,6 +499,68 @@ def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to
     return _same_kind(out, image)
 
 
+
+def crop_resize_images(images: list, index, chips, scales, out_hw, mean, std, bgr_to_rgb: bool = True):
+    """crop_resize over several images at once: chip m is cut from images[index[m]] (each (H, W, 3) uint8,
+    all NumPy / CPU tensors or all on one CUDA device). index (M,) ints, chips (M, 4) and scales (M,) are
+    host arrays (checked there: no host read on CUDA). Returns (M, 3, Hb, Wb) float32 like crop_resize
+    of each image's chips, in chip order. On CUDA: two host-to-device copies (the chips' parameters and
+    their images' addresses) and one launch for the whole batch, where crop_resize takes one per image."""
+    if not isinstance(images, (list, tuple)) or not images:
+        raise TypeError("images: expected a non-empty list of (H, W, 3) uint8 images")
+    imgs = [_array(im, f"images[{k}]", (np.uint8,), ndim=3, last_dim=3) for k, im in enumerate(images)]
+    _same_device(**{f"images[{k}]": im for k, im in enumerate(imgs)})
+    if any(_is_tensor(a) for a in (index, chips, scales)):
+        raise TypeError("index, chips, scales: expected host arrays (NumPy or lists)")
+    idx = _host_array(index, "index")
+    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+        raise ValueError(f"index: expected (M,) ints, got shape {idx.shape} dtype {idx.dtype}")
+    ch = _array(np.asarray(chips), "chips", (np.float32, np.float64), ndim=2, last_dim=4).astype(np.float32)
+    sc = _host_array(scales, "scales").astype(np.float32).reshape(-1)
+    count = ch.shape[0]
+    if idx.shape[0] != count or sc.shape[0] != count:
+        raise ValueError(f"index, scales: expected one per chip ({count}), got {idx.shape[0]} and {sc.shape[0]}")
+    if count and ((idx < 0) | (idx >= len(imgs))).any():
+        raise ValueError(f"index: expected image indices in [0, {len(imgs)}), got {idx.min()}..{idx.max()}")
+    hw = np.array([im.shape[:2] for im in imgs], np.int64).reshape(-1, 2)[idx.astype(np.int64)]
+    if count and (hw.min(initial=1) == 0):
+        raise ValueError("images: expected non-empty images to crop chips from")
+    if not isinstance(out_hw, (tuple, list)) or len(out_hw) != 2:
+        raise ValueError(f"out_hw: expected (height, width), got {out_hw!r}")
+    out_h, out_w = (_int_at_least(v, "out_hw", 1) for v in out_hw)
+    with np.errstate(invalid="ignore"):  # NaN/inf chips: refused just below
+        oh = np.floor((ch[:, 3] - ch[:, 1]) * sc + np.float32(0.5)).astype(np.int32)
+        ow = np.floor((ch[:, 2] - ch[:, 0]) * sc + np.float32(0.5)).astype(np.int32)
+        bad = ~(np.isfinite(ch).all(1) & np.isfinite(sc)) | (sc <= 0) | (ch[:, 2] <= ch[:, 0]) \
+            | (ch[:, 3] <= ch[:, 1]) | (oh < 1) | (ow < 1) | (oh > out_h) | (ow > out_w)
+    if count and bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"chips: chip {i} {ch[i].tolist()} at scale {float(sc[i])} resizes to ({oh[i]}, {ow[i]}) "
+                         f"pixels: expected finite boxes, positive scales and a size of 1..{(out_h, out_w)} (out_hw)")
+    if not _is_cuda(imgs[0]):
+        out = np.empty((count, 3, out_h, out_w), np.float32)
+        for k in np.unique(idx):
+            rows = np.flatnonzero(idx == k)
+            out[rows] = crop_resize(imgs[k], ch[rows], sc[rows], (out_h, out_w), mean, std, bgr_to_rgb=bgr_to_rgb)
+        return _same_kind(out, images[0])
+    import torch
+    mean_, std_ = _host_array(mean, "mean"), _host_array(std, "std")
+    for arr, name in ((mean_, "mean"), (std_, "std")):
+        if arr.shape != (3,) or not np.isfinite(arr).all():
+            raise ValueError(f"{name}: expected 3 finite numbers (output channel order), got {arr.tolist()}")
+    if (std_ <= 0).any():
+        raise ValueError(f"std: expected positive values, got {std_.tolist()}")
+    device = imgs[0].device
+    # float32 holds the sizes exactly (< 2^24)
+    params = to_device(np.concatenate([ch, sc[:, None], oh[:, None], ow[:, None], hw], 1).astype(np.float32), device)
+    addresses = to_device(np.array([imgs[k].data_ptr() for k in idx], np.int64), device)
+    out = torch.empty((count, 3, out_h, out_w), dtype=torch.float32, device=device)
+    if count:
+        _cuda_ext().crop_resize_images_cuda(addresses.data_ptr(), params.data_ptr(), count, out_h, out_w,
+                                            [float(v) for v in mean_], [float(v) for v in std_], bool(bgr_to_rgb),
+                                            out.data_ptr(), _cuda_stream(imgs[0]))
+    return out
+
 # ---------------------------------------------------------------------------------------------
 # Box ops: decode, nms, soft_nms, stack_prune, top_k (csrc/ops/{decode,nms,soft_nms,stack_prune,top_k}).
 
@@ -574,6 +629,8 @@ def _ptr(t) -> int:
 
 def decode(scores, ltrb, stride=8, score_threshold=0.05, max_candidates=1000, scales=None, offsets=None):
     """Dense network outputs -> candidate detections in original-image pixels (docs/contract.md).
+    On CUDA inside trusted_values() the kernels themselves flag NaN/inf scores (any cell) and decoded
+    boxes (the cells kept), read with the row count.
 
     scores (N, C, h, w) float32, ltrb (N, 4, h, w) float32 (left, top, right, bottom distances in input
     pixels from the cell centre ((x + .5) * stride, (y + .5) * stride)), scales (N,) float32 (default 1),
@@ -621,13 +678,19 @@ def decode(scores, ltrb, stride=8, score_threshold=0.05, max_candidates=1000, sc
     scores_out = torch.empty((cap,), dtype=torch.float32, device=dev)
     labels_out = torch.empty((cap,), dtype=torch.int32, device=dev)
     batch_out = torch.empty((cap,), dtype=torch.int32, device=dev)
-    count = torch.zeros((1,), dtype=torch.int64, device=dev)
+    count = torch.zeros((3,), dtype=torch.int64, device=dev)  # rows, non-finite score seen, non-finite box
     if cap > 0:
         _ext().decode_cuda(scores.data_ptr(), ltrb.data_ptr(), n, c, h, w, stride, score_threshold,
                            max_candidates, scales.data_ptr(), offsets.data_ptr(), boxes_out.data_ptr(),
                            scores_out.data_ptr(), labels_out.data_ptr(), batch_out.data_ptr(), count.data_ptr(),
                            _cuda_stream(scores))
-    k = int(count.item())
+    # The one host read: the row count, with the kernels' own finiteness flags (what trusted_values()
+    # relies on: they cost no launch of their own).
+    k, bad_scores, bad_boxes = count.tolist()
+    if bad_scores:
+        raise ValueError("scores: contains NaN or inf")
+    if bad_boxes:
+        raise ValueError("ltrb: contains NaN or inf (a decoded box is not finite)")
     return boxes_out[:k], scores_out[:k], labels_out[:k], batch_out[:k]
 
 

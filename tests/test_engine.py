@@ -362,19 +362,22 @@ def test_cuda_graphs_option_is_checked(bundle):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda])])
-def test_nan_network_outputs_are_refused(bundle, images, device):
-    """A network that returns NaN (a broken export, fp16 overflow) gets a clear error, not detections: on
-    the CPU from decode's own check, on CUDA from the cascade's one check of each network output."""
+@pytest.mark.parametrize("output,where,modes", [("scores", "scores", ("autofocus", "sniper")),
+                                                ("ltrb", "ltrb", ("autofocus", "sniper")),
+                                                ("focus", "probs", ("autofocus",))])
+def test_nan_network_outputs_are_refused(bundle, images, device, output, where, modes):
+    """A network that returns NaN (a broken export, fp16 overflow) gets a clear error naming the output,
+    not detections: decode's checks (on CUDA its kernels' flags), focus_chips' for the focus maps."""
     engine = AutoFocusEngine(bundle, backend="torch", device=device)
     real = engine.infer
 
     def broken(batch):
         out = real(batch)
-        return {**out, "scores": out["scores"] * float("nan")}
+        return {**out, output: out[output] * float("nan")}
 
     engine.infer = broken
-    for mode in ("autofocus", "sniper"):
-        with pytest.raises(ValueError, match="scores: contains NaN or inf"):
+    for mode in modes:
+        with pytest.raises(ValueError, match=f"{where}: contains NaN or inf"):
             engine(images[0], mode=mode)
     engine.infer = real
     assert len(engine(images[0])) > 0  # nothing left behind

@@ -642,22 +642,25 @@ class TestTrustedValues:
                 with pytest.raises(ValueError, match="boxes"):
                     ops.soft_nms(boxes, torch.ones(1) if isinstance(boxes, torch.Tensor) else np.ones(1, np.float32))
 
-    @pytest.mark.parametrize("device", DEVICES)
-    def test_require_finite_is_never_skipped(self, device):
-        bad = on_device(np.array([0.5, np.inf], np.float32), device)
-        with pytest.raises(ValueError, match="network output focus: contains NaN or inf"):
-            with ops.deferred_checks(), ops.trusted_values():
-                ops.require_finite({"scores": on_device(np.zeros(2, np.float32), device), "focus": bad},
-                                   "network output")
-
     @needs_cuda
     @pytest.mark.cuda
-    def test_cuda_values_are_skipped_inside(self):
-        # NaN scores pass decode inside the block (the caller vouches for them), and raise outside it.
-        scores = torch.full((1, 2, 4, 4), float("nan"), device="cuda")
+    def test_cuda_values_are_checked_by_the_kernels_inside(self):
+        # Inside the block decode's Python checks are skipped and its kernels flag what they read: NaN
+        # scores anywhere, and NaN ltrb where a box is decoded (an unread cell is harmless there).
+        scores = torch.zeros((1, 2, 4, 4), device="cuda")
+        scores[0, 1, 2, 3] = 0.9
         ltrb = torch.ones((1, 4, 4, 4), device="cuda")
         with ops.trusted_values():
-            boxes, *_ = ops.decode(scores, ltrb)
-        assert boxes.shape == (0, 4)  # NaN > threshold is false: no candidates, and no out-of-bounds work
-        with pytest.raises(ValueError, match="scores"):
-            ops.decode(scores, ltrb)
+            boxes, *_ = ops.decode(scores, ltrb, stride=8)
+            assert boxes.cpu().tolist() == [[27, 19, 29, 21]]
+            for bad_scores, bad_ltrb, message in ((float("nan"), 1.0, "scores"), (0.0, float("inf"), "ltrb")):
+                s, t = scores.clone(), ltrb.clone()
+                s[0, 0, 0, 0] = bad_scores
+                t[0, 2, 2, 3] = bad_ltrb  # the decoded cell's right distance
+                with pytest.raises(ValueError, match=f"{message}: contains NaN or inf"):
+                    ops.decode(s, t, stride=8)
+            t = ltrb.clone()
+            t[0, 0, 0, 0] = float("nan")  # a cell no box is decoded from
+            assert ops.decode(scores, t, stride=8)[0].shape == (1, 4)
+        with pytest.raises(ValueError, match="ltrb"):
+            ops.decode(scores, t, stride=8)  # outside the block every cell is checked

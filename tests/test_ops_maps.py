@@ -492,6 +492,47 @@ def random_crop_case(rng, max_side=24, slot=(24, 32)):
     return image, chips, scales
 
 
+class TestCropResizeImages:
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_chips_of_several_images_match_reference(self, device):
+        rng = np.random.default_rng(24)
+        slot = (24, 32)
+        for _ in range(100):
+            cases = [random_crop_case(rng, slot=slot) for _ in range(int(rng.integers(1, 4)))]
+            index = np.concatenate([np.full(len(c[1]), k) for k, c in enumerate(cases)])
+            order = rng.permutation(len(index))  # chips of the images interleaved
+            chips = np.concatenate([c[1] for c in cases])[order]
+            scales = np.concatenate([c[2] for c in cases])[order]
+            index = index[order]
+            bgr = bool(rng.random() < 0.7)
+            out = from_device(ops.crop_resize_images([on_device(c[0], device) for c in cases], index, chips, scales,
+                                                     slot, MEAN, STD, bgr_to_rgb=bgr), device)
+            assert out.dtype == np.float32 and out.shape == (len(chips), 3) + slot
+            for m in range(len(chips)):
+                ref = crop_resize_reference(cases[index[m]][0], chips[m:m + 1], scales[m:m + 1], slot, MEAN, STD, bgr)
+                np.testing.assert_allclose(out[m], ref[0], atol=2e-5, rtol=0)
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_bad_input(self, device):
+        image = on_device(np.zeros((10, 12, 3), np.uint8), device)
+        chips = np.array([[0, 0, 8, 8]], np.float32)
+        with pytest.raises(ValueError, match="index"):
+            ops.crop_resize_images([image], [1], chips, [1.0], (16, 16), MEAN, STD)
+        with pytest.raises(ValueError, match="chip 0"):
+            ops.crop_resize_images([image], [0], chips, [3.0], (16, 16), MEAN, STD)  # 24 px > 16
+        with pytest.raises(ValueError, match="chip 0"):
+            ops.crop_resize_images([image], [0], chips * np.nan, [1.0], (16, 16), MEAN, STD)
+        with pytest.raises(ValueError, match="index, scales"):
+            ops.crop_resize_images([image], [0, 0], chips, [1.0], (16, 16), MEAN, STD)
+        with pytest.raises(TypeError, match="images"):
+            ops.crop_resize_images([], [], np.zeros((0, 4), np.float32), [], (16, 16), MEAN, STD)
+        with pytest.raises(TypeError, match="host arrays"):
+            ops.crop_resize_images([image], torch.zeros(1, dtype=torch.int64), chips, [1.0], (16, 16), MEAN, STD)
+        empty = ops.crop_resize_images([image], np.zeros(0, np.int64), np.zeros((0, 4), np.float32), [], (16, 16),
+                                       MEAN, STD)
+        assert tuple(empty.shape) == (0, 3, 16, 16)
+
+
 class TestCropResize:
     @pytest.mark.parametrize("device", DEVICES)
     def test_random_chips_match_reference(self, device):

@@ -59,4 +59,9 @@ void crop_resize_cuda(const uint8_t* image, int height, int width, const float* 
                       const int32_t* out_sizes, int count, int out_height, int out_width,
                       const detail::CropNorm& norm, bool half, void* out, std::uintptr_t stream);
 
+// Chips of several images in one launch: images (count,) device addresses of each chip's (H, W, 3) uint8
+// image; params (count, 9) float32 [x1, y1, x2, y2, scale, oh, ow, H, W]; out float32 as above.
+void crop_resize_images_cuda(const uint64_t* images, const float* params, int count, int out_height, int out_width,
+                             const detail::CropNorm& norm, float* out, std::uintptr_t stream);
+
 }  // namespace autofocus

@@ -43,7 +43,8 @@ int64_t decode_cpu(const float* scores, const float* ltrb, int64_t images, int64
                    const float* scales, const float* offsets, float* out_boxes, float* out_scores,
                    int32_t* out_labels, int32_t* out_batch_index);
 
-// CUDA: same arguments as device pointers; the number of rows written goes to *out_count (device).
+// CUDA: same arguments as device pointers. out_count: 3 int64 on the device, zeroed by the caller: the
+// number of rows written, then 1 where a score (any cell) or a decoded box (any row written) is not finite.
 void decode_cuda(const float* scores, const float* ltrb, int64_t images, int64_t classes, int64_t height,
                  int64_t width, float stride, double score_threshold, int64_t max_candidates,
                  const float* scales, const float* offsets, float* out_boxes, float* out_scores,
