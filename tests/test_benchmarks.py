@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks import common, fps, peers, sweep, visualize
+from benchmarks import hotspots
 from benchmarks import settings as batching_settings
 from engine_fixtures import TEST_CHIP_PARAMS, TEST_SCALES, shared_bundle
 
@@ -94,6 +95,16 @@ def test_fps_padding_options_reach_the_engine(tiny, tmp_path):
                      "--padding", "shared", "--chips-on-host", "yes", "--json", str(out), "--no-progress"]) == 0
     record = json.loads(out.read_text())
     assert record["padding"] == "shared" and record["chips_on_host"] is True
+
+
+def test_hotspots_prints_the_engines_own_functions(tiny, capsys):
+    bundle, annotations, _ = tiny
+    assert hotspots.main(["--bundle", bundle, "--annotations", annotations, "--limit", "2", "--batch", "2",
+                          "--mode", "sniper", "--top", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "2 images, sniper, batch 2" in out and "ms an image" in out
+    assert "cascade.py" in out and "tottime" in out  # cProfile's table reaches into the cascade
+    assert hotspots.main(["--bundle", "/nonexistent"]) == 2
 
 
 def test_settings_compares_batching_settings_on_one_engine(tiny, tmp_path, capsys):
