@@ -538,8 +538,12 @@ def crop_resize_images(images: list, index, chips, scales, out_hw, mean, std, bg
         raise ValueError(f"chips: chip {i} {ch[i].tolist()} at scale {float(sc[i])} resizes to ({oh[i]}, {ow[i]}) "
                          f"pixels: expected finite boxes, positive scales and a size of 1..{(out_h, out_w)} (out_hw)")
     if not _is_cuda(imgs[0]):
+        groups = np.unique(idx)
+        if len(groups) == 1:  # (one image: its crop_resize as it is, no copy into a batch)
+            k = int(groups[0])
+            return _same_kind(crop_resize(imgs[k], ch, sc, (out_h, out_w), mean, std, bgr_to_rgb=bgr_to_rgb), images[0])
         out = np.empty((count, 3, out_h, out_w), np.float32)
-        for k in np.unique(idx):
+        for k in groups:
             rows = np.flatnonzero(idx == k)
             out[rows] = crop_resize(imgs[k], ch[rows], sc[rows], (out_h, out_w), mean, std, bgr_to_rgb=bgr_to_rgb)
         return _same_kind(out, images[0])
@@ -725,6 +729,15 @@ def nms(boxes, scores, iou_threshold, labels=None):
     return keep[: int(count.item())]
 
 
+def _soft_nms_options(method, sigma, iou_threshold, score_threshold, max_output) -> tuple:
+    """Checked (method code, sigma, iou_threshold, score_threshold, max_output with -1 for no limit)."""
+    if method not in _SOFT_NMS_METHODS:
+        raise ValueError(f"method: expected one of {sorted(_SOFT_NMS_METHODS)}, got {method!r}")
+    return (_SOFT_NMS_METHODS[method], _number(sigma, "sigma", 0.0, exclusive=True),
+            _number(iou_threshold, "iou_threshold", 0.0), _number(score_threshold, "score_threshold"),
+            -1 if max_output is None else _count(max_output, "max_output"))
+
+
 def soft_nms(boxes, scores, labels=None, method="gaussian", sigma=0.55, iou_threshold=0.3,
              score_threshold=0.001, max_output=None):
     """Soft-NMS (Bodla et al. 2017) as in DESIGN.md: repeatedly take the remaining box with the highest
@@ -737,13 +750,8 @@ def soft_nms(boxes, scores, labels=None, method="gaussian", sigma=0.55, iou_thre
     """
     like = boxes
     boxes, scores, labels = _boxes_scores(boxes, scores, labels)
-    if method not in _SOFT_NMS_METHODS:
-        raise ValueError(f"method: expected one of {sorted(_SOFT_NMS_METHODS)}, got {method!r}")
-    sigma = _number(sigma, "sigma", 0.0, exclusive=True)
-    iou_threshold = _number(iou_threshold, "iou_threshold", 0.0)
-    score_threshold = _number(score_threshold, "score_threshold")
-    max_output = -1 if max_output is None else _count(max_output, "max_output")
-    code = _SOFT_NMS_METHODS[method]
+    code, sigma, iou_threshold, score_threshold, max_output = _soft_nms_options(method, sigma, iou_threshold,
+                                                                                score_threshold, max_output)
     n = boxes.shape[0]
     if not _is_cuda(boxes):
         keep, out = _ext().soft_nms_cpu(boxes, scores, labels, code, sigma, iou_threshold, score_threshold,
@@ -779,13 +787,8 @@ def soft_nms_segments(boxes, scores, offsets, labels=None, method="gaussian", si
     offsets = _array(offsets, "offsets", (np.int64,), ndim=1)
     if offsets.shape[0] < 1:
         raise ValueError("offsets: expected shape (segments + 1,) starting at 0, got an empty array")
-    if method not in _SOFT_NMS_METHODS:
-        raise ValueError(f"method: expected one of {sorted(_SOFT_NMS_METHODS)}, got {method!r}")
-    sigma = _number(sigma, "sigma", 0.0, exclusive=True)
-    iou_threshold = _number(iou_threshold, "iou_threshold", 0.0)
-    score_threshold = _number(score_threshold, "score_threshold")
-    max_output = -1 if max_output is None else _count(max_output, "max_output")
-    code = _SOFT_NMS_METHODS[method]
+    code, sigma, iou_threshold, score_threshold, max_output = _soft_nms_options(method, sigma, iou_threshold,
+                                                                                score_threshold, max_output)
     n, segments = boxes.shape[0], offsets.shape[0] - 1
     steps = offsets[1:] - offsets[:-1]
     # A bad offset would send a block out of bounds: refused on the device first (see below).
