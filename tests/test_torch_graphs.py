@@ -1,11 +1,10 @@
 """CUDA-graph replay in the torch backend (runtime/backends/torch.py).
 
-On the CPU: the padding helpers, and the graph runner's buffer logic with eager "replays" on the real
+On the CPU: the padding helpers, and the graph runner's buffer logic with eager "replays" on the test
 bundle's model (a batch padded to the next power of two and sliced gives the unpadded outputs: the
 independence the graphs rely on). On CUDA (skipped with the reason elsewhere): graph replays match
 the same backend run eagerly, outputs survive later replays, one graph per (padded N, H, W)."""
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,16 +12,9 @@ import torch
 from runtime import backends
 from runtime.backends import OUTPUT_NAMES
 from runtime.backends.torch import Backend, GraphRunner, pad_batch, padded_size
-from runtime.bundle import load_bundle
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "default"
 CUDA_REASON = backends.cuda_unavailable_reason()
 needs_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"CUDA graphs need a GPU: {CUDA_REASON}")
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return load_bundle(BUNDLE)
 
 
 @pytest.fixture(scope="module")
