@@ -415,7 +415,8 @@ def merge(ctx: Context, per_scale: list[ScaleDetections], ran: list) -> list[Det
                                                   max_output=ctx.params.max_detections)
         src = order[taken.clamp(min=0)]  # index into the concatenation (unused slots: any, dropped below)
         # float32 holds the boxes and scores as they are and the small integers exactly (< 2^24)
-        table = torch.cat([boxes[src], decayed[:, None], torch.stack([labels[src], image[src], src, taken], 1).float()], 1)
+        table = torch.cat([boxes[src], decayed[:, None],
+                           torch.stack([labels[src], image[src], src, taken], 1).float()], 1)
         host = table.cpu().numpy()
         out = []
         host = host[host[:, 8] >= 0]

@@ -443,7 +443,8 @@ def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to
     check_on_device = on_cuda and (_is_tensor(chips) or _is_tensor(scales))
     if check_on_device:
         import torch
-        on_image_device = lambda x: (x if _is_tensor(x) else torch.as_tensor(np.asarray(x))).to(img.device)  # noqa: E731
+        on_image_device = lambda x: (x if _is_tensor(x) else torch.as_tensor(np.asarray(x))).to(  # noqa: E731
+            img.device)
         ch = _array(on_image_device(chips), "chips", (np.float32, np.float64), ndim=2, last_dim=4).float()
         sc = on_image_device(scales)
     else:
@@ -522,6 +523,18 @@ def crop_resize_images(images: list, index, chips, scales, out_hw, mean, std, bg
         raise ValueError(f"index, scales: expected one per chip ({count}), got {idx.shape[0]} and {sc.shape[0]}")
     if count and ((idx < 0) | (idx >= len(imgs))).any():
         raise ValueError(f"index: expected image indices in [0, {len(imgs)}), got {idx.min()}..{idx.max()}")
+    if not _is_cuda(imgs[0]):  # crop_resize per image (it checks the chips, sizes and normalisation)
+        groups = np.unique(idx)
+        if len(groups) <= 1:  # (one image, or none: its crop_resize as it is, no copy into a batch)
+            k = int(groups[0]) if len(groups) else 0
+            return _same_kind(crop_resize(imgs[k], ch, sc, out_hw, mean, std, bgr_to_rgb=bgr_to_rgb), images[0])
+        rows = [np.flatnonzero(idx == k) for k in groups]
+        parts = [crop_resize(imgs[k], ch[r], sc[r], out_hw, mean, std, bgr_to_rgb=bgr_to_rgb)
+                 for k, r in zip(groups, rows)]
+        out = np.empty((count, *parts[0].shape[1:]), np.float32)
+        for r, part in zip(rows, parts):
+            out[r] = part
+        return _same_kind(out, images[0])
     hw = np.array([im.shape[:2] for im in imgs], np.int64).reshape(-1, 2)[idx.astype(np.int64)]
     if count and (hw.min(initial=1) == 0):
         raise ValueError("images: expected non-empty images to crop chips from")
@@ -537,16 +550,6 @@ def crop_resize_images(images: list, index, chips, scales, out_hw, mean, std, bg
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"chips: chip {i} {ch[i].tolist()} at scale {float(sc[i])} resizes to ({oh[i]}, {ow[i]}) "
                          f"pixels: expected finite boxes, positive scales and a size of 1..{(out_h, out_w)} (out_hw)")
-    if not _is_cuda(imgs[0]):
-        groups = np.unique(idx)
-        if len(groups) == 1:  # (one image: its crop_resize as it is, no copy into a batch)
-            k = int(groups[0])
-            return _same_kind(crop_resize(imgs[k], ch, sc, (out_h, out_w), mean, std, bgr_to_rgb=bgr_to_rgb), images[0])
-        out = np.empty((count, 3, out_h, out_w), np.float32)
-        for k in groups:
-            rows = np.flatnonzero(idx == k)
-            out[rows] = crop_resize(imgs[k], ch[rows], sc[rows], (out_h, out_w), mean, std, bgr_to_rgb=bgr_to_rgb)
-        return _same_kind(out, images[0])
     import torch
     mean_, std_ = _host_array(mean, "mean"), _host_array(std, "std")
     for arr, name in ((mean_, "mean"), (std_, "std")):
