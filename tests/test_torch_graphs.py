@@ -106,6 +106,20 @@ def test_runner_beyond_max_graphs_runs_eagerly(cpu_backend):
     assert_outputs_close(out, cpu_backend.infer(x), atol=1e-5, rtol=1e-5)
 
 
+def test_runner_beyond_max_bytes_runs_eagerly(cpu_backend):
+    # Room for the static input of one (2 -> 2, 3, 64, 64) float32 batch (98,304 bytes), not two.
+    runner = GraphRunner(cpu_backend.module, "cpu", max_bytes=150_000)
+    runner(_images(2, 64, 64, seed=5))
+    assert runner.static_bytes == 2 * 3 * 64 * 64 * 4
+    x = _images(1, 96, 64, seed=6)  # 73,728 more bytes: over the budget
+    with pytest.warns(RuntimeWarning, match="max_bytes"):
+        out = dict(zip(OUTPUT_NAMES, runner(x)))
+    assert runner.graph_count == 1 and runner.disabled is None
+    assert_outputs_close(out, cpu_backend.infer(x), atol=1e-5, rtol=1e-5)
+    runner(_images(1, 64, 64, seed=7))  # 49,152 bytes: still fits
+    assert runner.graph_count == 2
+
+
 class _FailingRunner(GraphRunner):
     """A runner whose every capture fails, as a capture does when the network synchronises."""
     def _capture(self, static_in):

@@ -20,6 +20,9 @@ from . import OUTPUT_NAMES, check_batch
 
 MODEL_FILE = "model.pt2"
 MAX_GRAPHS = 64     # captured shapes per backend; further shapes run eagerly
+# Static inputs a backend's graphs may hold (each graph keeps its own; a batch of 16 of the largest
+# bucket is 545 MB): beyond it new shapes run eagerly, so a smaller GPU is not filled with buffers.
+MAX_GRAPH_BYTES = 4 << 30
 WARMUP_CALLS = 3    # eager calls on the side stream before a capture (torch.cuda.graphs recipe)
 
 
@@ -64,12 +67,13 @@ class GraphRunner:
     graphs share one memory pool. With capture=False (any device, the CPU included) "replay" runs the
     module eagerly on the static input and copies the results into the static outputs, so the padding,
     buffer reuse, slicing and cloning are the same code and can be tested without a GPU.
-    Beyond max_graphs shapes, new shapes run eagerly (unpadded). If a capture fails, the runner warns
-    once, drops its graphs and runs eagerly from then on (`disabled` says why).
+    Beyond max_graphs shapes, or max_bytes of static inputs, new shapes run eagerly (unpadded). If a
+    capture fails, the runner warns once, drops its graphs and runs eagerly from then on (`disabled`
+    says why).
     """
 
     def __init__(self, module, device, capture: bool | None = None, max_graphs: int = MAX_GRAPHS,
-                 warmup_calls: int = WARMUP_CALLS):
+                 warmup_calls: int = WARMUP_CALLS, max_bytes: int = MAX_GRAPH_BYTES):
         import torch
         self.module, self.device = module, torch.device(device)
         self.capture = self.device.type == "cuda" if capture is None else bool(capture)
@@ -77,8 +81,9 @@ class GraphRunner:
             raise ValueError(f"CUDA graphs need a CUDA device, got {str(self.device)!r}")
         if max_graphs < 0:
             raise ValueError(f"max_graphs: expected >= 0, got {max_graphs}")
-        self.max_graphs, self.warmup_calls = max_graphs, warmup_calls
+        self.max_graphs, self.warmup_calls, self.max_bytes = max_graphs, warmup_calls, max_bytes
         self.entries: dict = {}      # (padded N, H, W) -> _Entry
+        self.static_bytes = 0        # held by the entries' static inputs
         self.disabled: str | None = None
         self._full_warned = False
         self._pool = self._stream = None
@@ -105,16 +110,20 @@ class GraphRunner:
             key = self.key(batch)
             entry = self.entries.get(key)
             if entry is None:
-                if len(self.entries) >= self.max_graphs:
+                in_bytes = key[0] * batch[0].numel() * batch.element_size()
+                if len(self.entries) >= self.max_graphs or self.static_bytes + in_bytes > self.max_bytes:
                     if not self._full_warned:
                         self._full_warned = True
-                        warnings.warn(f"torch backend: {self.max_graphs} CUDA graph shapes captured (max_graphs); "
-                                      f"new shapes such as {key} run eagerly", RuntimeWarning, stacklevel=3)
+                        warnings.warn(f"torch backend: {len(self.entries)} CUDA graph shapes captured holding "
+                                      f"{self.static_bytes / 2**20:.0f} MiB of inputs (max_graphs {self.max_graphs}, "
+                                      f"max_bytes {self.max_bytes / 2**20:.0f} MiB); new shapes such as {key} run "
+                                      "eagerly", RuntimeWarning, stacklevel=3)
                     return self._eager(batch)
                 entry = self._new_entry(batch, key)
                 if entry is None:
                     return self._eager(batch)
                 self.entries[key] = entry
+                self.static_bytes += in_bytes
             else:
                 entry.static_in[:batch.shape[0]].copy_(batch)
             self._replay(entry)
@@ -142,6 +151,7 @@ class GraphRunner:
         except Exception as exc:  # noqa: BLE001 (any failure: eager from now on, never a crash)
             self.disabled = f"capture of shape {key} failed: {type(exc).__name__}: {exc}"
             self.entries.clear()
+            self.static_bytes = 0
             warnings.warn(f"torch backend: CUDA graphs turned off, running eagerly from now on ({self.disabled})",
                           RuntimeWarning, stacklevel=4)
             return None
