@@ -1,13 +1,15 @@
 """The AutoFocus cascade (DESIGN.md "The cascade"), as named stages over a batch of images.
 
-    whole_image_regions -> run_scale (crop_batch -> network -> decode_batch [-> focus_chips_batch])
-        -> stack (clip to the image, ops.stack_prune: SNIP valid range + focus stacking)
-        -> chip_regions (next scale's chips) -> ... -> merge (class-aware ops.soft_nms, top max_detections)
+    whole_image_regions -> run_scale (crop_batch -> network -> decode_batch [-> paint_detections ->
+        focus_chips_batch]) -> stack (clip to the image, ops.stack_prune: SNIP valid range + focus
+        stacking, as a mask) -> chip_regions (next scale's chips) -> ... -> merge (ops.soft_nms_segments:
+        every image and label of the call in one launch, top max_detections)
 
 Modes: "autofocus" (the cascade), "sniper" (the whole image at every scale, SNIP valid ranges, Soft-NMS:
 the baseline, the computation of model/evaluate.py's "pyramid") and "single" (the whole image at
 params.scale, no valid range). Arrays are torch tensors on the engine's device from the image on; the
-host reads the chips' corners (they decide batch shapes) and the final detections.
+host reads each batch's candidate count (decode), the focus maps (chips_on_host) or the chips' corners
+(they decide batch shapes), and once per call the final detections of every image.
 
 A Region is one network input: a rectangle of one image (original pixels) resized by a factor. Chips of
 scale s+1 are cut from the focus maps of scale s's inputs (Algorithm 1, ops.focus_chips_batched +
