@@ -284,36 +284,42 @@ def focus_chips_batch(ctx: Context, probs: torch.Tensor, regions: list[Region], 
     [(image, chip box in original px)].
 
     Each focus map is read over the input's real cells only (ceil(size / stride)); the chips are
-    clipped to the input's real size, divided by its factor and moved by its origin (chips_to_image)."""
-    stride = ctx.bundle.strides["focus"]
+    clipped to the input's real size, divided by its factor and moved by its origin (chips_to_image),
+    and their sides within a resized pixel of their parent's put on it (snap_to_parent). Maps on the
+    host (the CPU, or chips_on_host) go through NumPy from the one copy on; maps on the GPU stay there
+    until one host read of the corners and owners together (they decide the next scale's batches)."""
+    stride, k = ctx.bundle.strides["focus"], chip_params["min_size"]
     valid = [(math.ceil(regions[i].size[0] / stride), math.ceil(regions[i].size[1] / stride)) for i in idx]
-    if ctx.params.chips_on_host and probs.is_cuda:
-        probs, batch = probs.cpu(), BatchRegions.from_array(batch.host, "cpu")
-    probs = probs.contiguous()
-    cells, b = ops.focus_chips_batched(probs, valid, chip_params["threshold"], chip_params["dilation"],
-                                       chip_params["min_size"])
+    on_host = not probs.is_cuda or ctx.params.chips_on_host
+    maps = probs.cpu().numpy() if on_host else probs
+    cells, b = ops.focus_chips_batched(np.ascontiguousarray(maps) if on_host else maps.contiguous(), valid,
+                                       chip_params["threshold"], chip_params["dilation"], k)
     if cells.shape[0] == 0:
         return []
-    b = b.long()
-    chips = ops.chips_to_image(cells, stride, batch.factors[b], batch.sizes[b], chip_params["min_size"],
-                               batch.origins[b])
-    # One host read for corners and owners together (their sizes decide the next scale's batches).
-    host = torch.cat([chips, b.to(torch.float32)[:, None]], 1).cpu().numpy()
-    out = []
-    for *box, k in host:
-        parent = regions[idx[int(k)]]
-        out.append((parent.image, snap_to_parent(np.asarray(box, np.float32), parent)))
-    return out
+    if on_host:
+        b = b.astype(np.int64)
+        h = batch.host[b]  # factor, x0, y0, h, w, ...: the same float32 factors and origins as on the device
+        chips = ops.chips_to_image(cells, stride, h[:, 0].astype(np.float32), h[:, 3:5], k,
+                                   h[:, 1:3].astype(np.float32))
+    else:
+        b = b.long()
+        chips = ops.chips_to_image(cells, stride, batch.factors[b], batch.sizes[b], k, batch.origins[b])
+        host = torch.cat([chips, b.to(torch.float32)[:, None]], 1).cpu().numpy()
+        chips, b = host[:, :4], host[:, 4].astype(np.int64)
+    parents = [regions[idx[j]] for j in b]
+    chips = snap_to_parent(chips, np.stack([p.box for p in parents]), np.array([p.factor for p in parents]))
+    return [(p.image, box) for p, box in zip(parents, chips)]
 
 
-def snap_to_parent(chip: np.ndarray, parent: Region) -> np.ndarray:
-    """A chip side within one resized pixel of its parent's side is put on it. Clipping to the parent's
-    resized size ((y2 - y1) * f rounded) lands up to half a pixel short of the parent's side in original
-    pixels; left there, a chip flush with the image border would not count as on it, and focus stacking
-    would drop the detections that touch that border."""
-    tol = 1.0 / parent.factor
-    snapped = np.where(np.abs(chip - parent.box) <= tol, parent.box, chip)
-    return snapped.astype(np.float32)
+def snap_to_parent(chips: np.ndarray, parents: np.ndarray, factors) -> np.ndarray:
+    """Chip sides (M, 4) within one resized pixel (1 / factor) of their parent's sides (M, 4) are put on
+    them. Clipping to the parent's resized size ((y2 - y1) * f rounded) lands up to half a pixel short
+    of the parent's side in original pixels; left there, a chip flush with the image border would not
+    count as on it, and focus stacking would drop the detections that touch that border. float32, the
+    tolerance too."""
+    chips, parents = np.asarray(chips, np.float32).reshape(-1, 4), np.asarray(parents, np.float32).reshape(-1, 4)
+    tol = (1.0 / np.asarray(factors, np.float64)).astype(np.float32).reshape(-1, 1)
+    return np.where(np.abs(chips - parents) <= tol, parents, chips).astype(np.float32)
 
 
 def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params=None):

@@ -193,9 +193,13 @@ def test_merge_overlapping_chips():
 
 
 def test_snap_to_parent():
-    parent = cascade.Region(0, np.array([0, 0, 697, 421], np.float32), 0.5, (211, 349))
-    chip = np.array([1.5, 30, 696.0, 419.5], np.float32)
-    np.testing.assert_array_equal(cascade.snap_to_parent(chip, parent), [0, 30, 697, 421])
+    # factor 0.5: a resized pixel is 2 original pixels; sides within 2 of the parent's go onto them.
+    parents = np.array([[0, 0, 697, 421], [100, 50, 300, 250]], np.float32)
+    chips = np.array([[1.5, 30, 696.0, 419.5], [102.5, 50.5, 298.0, 240]], np.float32)
+    np.testing.assert_array_equal(cascade.snap_to_parent(chips, parents, [0.5, 0.5]),
+                                  [[0, 30, 697, 421], [102.5, 50, 300, 240]])
+    # factor 2: half a pixel
+    np.testing.assert_array_equal(cascade.snap_to_parent(chips[1], parents[1], 2.0), [[102.5, 50, 298, 240]])
 
 
 def test_cascade_chips_are_algorithm_1_on_the_networks_own_maps(bundle, engine, session):
