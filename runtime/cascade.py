@@ -378,8 +378,7 @@ def stack(ctx: Context, dets: ScaleDetections, regions: list[Region], valid_rang
     if not regions:
         return replace(dets, boxes=boxes)
     chips = ops.to_device(np.stack([r.box for r in regions]).astype(np.float32), ctx.device)[dets.region]
-    sizes = tuple(ctx.image_sizes[0]) if len(ctx.images) == 1 else ctx.image_hw[dets.image]
-    return replace(dets, boxes=boxes, keep=ops.stack_prune(boxes, chips, sizes, tuple(valid_range)))
+    return replace(dets, boxes=boxes, keep=ops.stack_prune(boxes, chips, ctx.image_hw[dets.image], tuple(valid_range)))
 
 
 def in_valid_range(boxes: torch.Tensor, valid_range) -> torch.Tensor:

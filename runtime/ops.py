@@ -413,6 +413,45 @@ def paint_boxes(maps, boxes, index, stride, keep=None):
     return _same_kind(_ext().paint_boxes_cpu(m, b, i, k, stride), like)
 
 
+def _crop_slot_and_norm(out_hw, mean, std) -> tuple:
+    """Checked (out_h, out_w) and mean, std as lists of 3 floats (crop_resize, crop_resize_images)."""
+    if not isinstance(out_hw, (tuple, list)) or len(out_hw) != 2:
+        raise ValueError(f"out_hw: expected (height, width), got {out_hw!r}")
+    out_h, out_w = (_int_at_least(v, "out_hw", 1) for v in out_hw)
+    mean_, std_ = _host_array(mean, "mean"), _host_array(std, "std")
+    for arr, name in ((mean_, "mean"), (std_, "std")):
+        if arr.shape != (3,) or not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+            raise ValueError(f"{name}: expected 3 finite numbers (output channel order), got {arr.tolist()}")
+    if (std_ <= 0).any():
+        raise ValueError(f"std: expected positive values, got {std_.tolist()}")
+    return out_h, out_w, [float(v) for v in mean_], [float(v) for v in std_]
+
+
+def _crop_sizes(ch, sc, out_h: int, out_w: int) -> tuple:
+    """(oh, ow) int32 of each chip resized, in float32 as the kernels compute them, for float32 chips
+    (M, 4) and scales (M,), NumPy or torch alike; ValueError naming the first chip that is not finite, has
+    a scale <= 0, or resizes to nothing or to more than out_hw."""
+    if _is_tensor(ch):
+        import torch
+        extent = lambda lo, hi: torch.floor((hi - lo) * sc + 0.5).to(torch.int32)  # noqa: E731
+        finite = torch.isfinite(ch).all(1) & torch.isfinite(sc)
+    else:
+        extent = lambda lo, hi: np.floor((hi - lo) * sc + np.float32(0.5)).astype(np.int32)  # noqa: E731
+        finite = np.isfinite(ch).all(1) & np.isfinite(sc)
+    with np.errstate(invalid="ignore"):  # NaN/inf chips: refused just below
+        oh, ow = extent(ch[:, 1], ch[:, 3]), extent(ch[:, 0], ch[:, 2])
+    bad = ~finite | (sc <= 0) | (ch[:, 2] <= ch[:, 0]) | (ch[:, 3] <= ch[:, 1]) | (oh < 1) | (ow < 1) \
+        | (oh > out_h) | (ow > out_w)
+    if ch.shape[0] and bool(bad.any()):
+        i = int(np.flatnonzero(bad.cpu().numpy() if _is_tensor(bad) else bad)[0])
+        box, s = [float(v) for v in ch[i]], float(sc[i])
+        if not (np.isfinite(box).all() and np.isfinite(s) and s > 0):
+            raise ValueError(f"chips/scales: chip {i} {box} with scale {s}: expected finite boxes and positive scales")
+        raise ValueError(f"chips: chip {i} {box} at scale {s} resizes to ({int(oh[i])}, {int(ow[i])}) pixels: "
+                         f"expected x2 > x1, y2 > y1 and a size of 1..{(out_h, out_w)} (out_hw)")
+    return oh, ow
+
+
 def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to_rgb: bool = True):
     """Cuts chips out of an (H, W, 3) uint8 image into one normalised network batch.
 
@@ -428,15 +467,7 @@ def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to
     out_dtype = str(dtype).replace("torch.", "")
     if out_dtype not in ("float32", "float16"):
         raise ValueError(f"dtype: expected 'float32' or 'float16', got {dtype!r}")
-    if not isinstance(out_hw, (tuple, list)) or len(out_hw) != 2:
-        raise ValueError(f"out_hw: expected (height, width), got {out_hw!r}")
-    out_h, out_w = (_int_at_least(v, "out_hw", 1) for v in out_hw)
-    mean_, std_ = _host_array(mean, "mean"), _host_array(std, "std")
-    for arr, name in ((mean_, "mean"), (std_, "std")):
-        if arr.shape != (3,) or not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
-            raise ValueError(f"{name}: expected 3 finite numbers (output channel order), got {arr.tolist()}")
-    if (std_ <= 0).any():
-        raise ValueError(f"std: expected positive values, got {std_.tolist()}")
+    out_h, out_w, mean_, std_ = _crop_slot_and_norm(out_hw, mean, std)
     on_cuda = _is_cuda(img)
     # Chips and scales given on the host (the cascade's) are checked there and sent in one copy: checking
     # them on the GPU would cost a host read of the result.
@@ -460,28 +491,9 @@ def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to
     if count and img.shape[0] * img.shape[1] == 0:
         raise ValueError(f"image: expected a non-empty image to crop chips from, got shape {tuple(img.shape)}")
 
-    # Output sizes in float32, the same arithmetic on either device.
-    if check_on_device:
-        sc = sc.to(torch.float32).contiguous()
-        extent = lambda lo, hi: torch.floor((hi - lo) * sc + 0.5).to(torch.int32)  # noqa: E731
-        finite = torch.isfinite(ch).all(1) & torch.isfinite(sc)
-    else:
-        sc = sc.astype(np.float32)
-        extent = lambda lo, hi: np.floor((hi - lo) * sc + np.float32(0.5)).astype(np.int32)  # noqa: E731
-        finite = np.isfinite(ch).all(1) & np.isfinite(sc)
-    with np.errstate(invalid="ignore"):  # NaN/inf chips: refused just below
-        oh, ow = extent(ch[:, 1], ch[:, 3]), extent(ch[:, 0], ch[:, 2])
-    bad = ~finite | (sc <= 0) | (ch[:, 2] <= ch[:, 0]) | (ch[:, 3] <= ch[:, 1]) | (oh < 1) | (ow < 1) \
-        | (oh > out_h) | (ow > out_w)
-    if count and bool(bad.any()):
-        i = int(np.flatnonzero(bad.cpu().numpy() if check_on_device else bad)[0])
-        box, s = [float(v) for v in ch[i]], float(sc[i])
-        if not (np.isfinite(box).all() and np.isfinite(s) and s > 0):
-            raise ValueError(f"chips/scales: chip {i} {box} with scale {s}: expected finite boxes and positive scales")
-        raise ValueError(f"chips: chip {i} {box} at scale {s} resizes to ({int(oh[i])}, {int(ow[i])}) pixels: "
-                         f"expected x2 > x1, y2 > y1 and a size of 1..{(out_h, out_w)} (out_hw)")
+    sc = sc.to(torch.float32).contiguous() if check_on_device else sc.astype(np.float32)
+    oh, ow = _crop_sizes(ch, sc, out_h, out_w)  # in float32, the same arithmetic on either device
     sizes = (torch.stack([oh, ow], 1) if check_on_device else np.stack([oh, ow], 1)).reshape(-1, 2)
-    mean_, std_ = [float(v) for v in mean_], [float(v) for v in std_]
     if on_cuda:
         import torch
         if not check_on_device:  # one host-to-device copy (sizes < 2^24: exact in float32)
@@ -498,7 +510,6 @@ def crop_resize(image, chips, scales, out_hw, mean, std, dtype="float32", bgr_to
     if out_dtype == "float16":
         out = out.astype(np.float16)
     return _same_kind(out, image)
-
 
 
 def crop_resize_images(images: list, index, chips, scales, out_hw, mean, std, bgr_to_rgb: bool = True):
@@ -538,34 +549,17 @@ def crop_resize_images(images: list, index, chips, scales, out_hw, mean, std, bg
     hw = np.array([im.shape[:2] for im in imgs], np.int64).reshape(-1, 2)[idx.astype(np.int64)]
     if count and (hw.min(initial=1) == 0):
         raise ValueError("images: expected non-empty images to crop chips from")
-    if not isinstance(out_hw, (tuple, list)) or len(out_hw) != 2:
-        raise ValueError(f"out_hw: expected (height, width), got {out_hw!r}")
-    out_h, out_w = (_int_at_least(v, "out_hw", 1) for v in out_hw)
-    with np.errstate(invalid="ignore"):  # NaN/inf chips: refused just below
-        oh = np.floor((ch[:, 3] - ch[:, 1]) * sc + np.float32(0.5)).astype(np.int32)
-        ow = np.floor((ch[:, 2] - ch[:, 0]) * sc + np.float32(0.5)).astype(np.int32)
-        bad = ~(np.isfinite(ch).all(1) & np.isfinite(sc)) | (sc <= 0) | (ch[:, 2] <= ch[:, 0]) \
-            | (ch[:, 3] <= ch[:, 1]) | (oh < 1) | (ow < 1) | (oh > out_h) | (ow > out_w)
-    if count and bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"chips: chip {i} {ch[i].tolist()} at scale {float(sc[i])} resizes to ({oh[i]}, {ow[i]}) "
-                         f"pixels: expected finite boxes, positive scales and a size of 1..{(out_h, out_w)} (out_hw)")
+    out_h, out_w, mean_, std_ = _crop_slot_and_norm(out_hw, mean, std)
+    oh, ow = _crop_sizes(ch, sc, out_h, out_w)
     import torch
-    mean_, std_ = _host_array(mean, "mean"), _host_array(std, "std")
-    for arr, name in ((mean_, "mean"), (std_, "std")):
-        if arr.shape != (3,) or not np.isfinite(arr).all():
-            raise ValueError(f"{name}: expected 3 finite numbers (output channel order), got {arr.tolist()}")
-    if (std_ <= 0).any():
-        raise ValueError(f"std: expected positive values, got {std_.tolist()}")
     device = imgs[0].device
     # float32 holds the sizes exactly (< 2^24)
     params = to_device(np.concatenate([ch, sc[:, None], oh[:, None], ow[:, None], hw], 1).astype(np.float32), device)
     addresses = to_device(np.array([imgs[k].data_ptr() for k in idx], np.int64), device)
     out = torch.empty((count, 3, out_h, out_w), dtype=torch.float32, device=device)
     if count:
-        _cuda_ext().crop_resize_images_cuda(addresses.data_ptr(), params.data_ptr(), count, out_h, out_w,
-                                            [float(v) for v in mean_], [float(v) for v in std_], bool(bgr_to_rgb),
-                                            out.data_ptr(), _cuda_stream(imgs[0]))
+        _cuda_ext().crop_resize_images_cuda(addresses.data_ptr(), params.data_ptr(), count, out_h, out_w, mean_,
+                                            std_, bool(bgr_to_rgb), out.data_ptr(), _cuda_stream(imgs[0]))
     return out
 
 # ---------------------------------------------------------------------------------------------
