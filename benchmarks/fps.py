@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network-input padding (runtime/params.py; default: the engine's for its device)")
     p.add_argument("--chips-on-host", choices=("yes", "no"),
                    help="on CUDA, FocusChips on a host copy of the focus maps (default: the engine's)")
+    p.add_argument("--padded-decode", choices=("yes", "no"),
+                   help="decode without a host read of each batch's count (default: the engine's; yes on CUDA)")
     p.add_argument("--cuda-graphs", choices=("yes", "no"),
                    help="torch backend on CUDA: replay the network from CUDA graphs (default: yes there)")
     p.add_argument("--warmup-all", action="store_true",
@@ -205,6 +207,8 @@ def main(argv=None) -> int:
         overrides = {"padding": args.padding} if args.padding else {}
         if args.chips_on_host:
             overrides["chips_on_host"] = args.chips_on_host == "yes"
+        if args.padded_decode:
+            overrides["padded_decode"] = args.padded_decode == "yes"
         if args.cuda_graphs:
             overrides["cuda_graphs"] = args.cuda_graphs == "yes"
         engine = common.open_engine(args.bundle, args.backend, args.device, **overrides)
@@ -223,6 +227,7 @@ def main(argv=None) -> int:
         record = {"bundle": str(engine.bundle.folder), "annotations": str(eval_set.coco.annotations_path),
                   "images": len(eval_set.infos), "backend": engine.backend_name, "device": engine.device,
                   "padding": engine.params.padding, "chips_on_host": engine.params.chips_on_host,
+                  "padded_decode": engine.params.padded_decode,
                   "cuda_graphs": engine.cuda_graphs, "warmup_all": args.warmup_all,
                   "batch": args.batch, "repeats": args.repeats,
                   "machine": common.machine(), "versions": common.versions(),

@@ -71,6 +71,10 @@ eager() {  # batch 8 without CUDA graphs
   took fps-b8-eager timeout 100 $FPS --repeats 2 --batch 8 --modes autofocus,sniper --cuda-graphs no \
     --json "$OUT/fps_b8_eager.json" >>"$OUT/bench.log" 2>&1
 }
+compact() {  # batch 8 with decode's per-batch count read (padded_decode off): what the padded decode saves
+  took fps-b8-compact timeout 100 $FPS --repeats ${REPEATS:-3} --batch 8 --modes autofocus,sniper --padded-decode no \
+    --json "$OUT/fps_b8_compact.json" >>"$OUT/bench.log" 2>&1
+}
 hotspots() {  # where the time goes (cProfile of the host, torch.profiler of the device)
   for mode in autofocus sniper; do
     took "hotspots-$mode" timeout 90 $PY benchmarks/hotspots.py --backend torch --device cuda --split val --limit 64 \
@@ -80,7 +84,7 @@ hotspots() {  # where the time goes (cProfile of the host, torch.profiler of the
 memcheck() {  # memory errors in the kernels added since the last GPU run (gVisor machines refuse the sanitizer)
   took memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -m cuda \
     -p no:cacheprovider tests/test_ops_boxes.py tests/test_ops_maps.py \
-    -k "Segments or StackPrune or PaintBoxes or Deferred or CropResizeImages or Trusted" >>"$OUT/pytest.log" 2>&1
+    -k "Segments or StackPrune or PaintBoxes or Deferred or CropResizeImages or Trusted or Decode" >>"$OUT/pytest.log" 2>&1
   tail -2 "$OUT/pytest.log" | tee -a "$SUMMARY"
 }
 ops() { took ops-bench timeout 90 $PY benchmarks/ops.py --repeats 20 --json "$OUT/ops.json" >>"$OUT/bench.log" 2>&1; }

@@ -8,8 +8,9 @@
 Modes: "autofocus" (the cascade), "sniper" (the whole image at every scale, SNIP valid ranges, Soft-NMS:
 the baseline, the computation of model/evaluate.py's "pyramid") and "single" (the whole image at
 params.scale, no valid range). Arrays are torch tensors on the engine's device from the image on; the
-host reads each batch's candidate count (decode), the focus maps (chips_on_host) or the chips' corners
-(they decide batch shapes), and once per call the final detections of every image.
+host reads each batch's candidate count (decode; not with padded_decode, the CUDA default), the focus
+maps (chips_on_host) or the chips' corners (they decide batch shapes), and once per call the final
+detections of every image.
 
 A Region is one network input: a rectangle of one image (original pixels) resized by a factor. Chips of
 scale s+1 are cut from the focus maps of scale s's inputs (Algorithm 1, ops.focus_chips_batched +
@@ -49,9 +50,10 @@ class ScaleDetections:
     labels: torch.Tensor
     region: torch.Tensor    # int64 index into that scale's regions
     image: torch.Tensor     # int64 index of the image
-    # bool survivors of stacking / the valid range (None: all). A mask, not a selection: selecting would
-    # need a host read of the count on CUDA; merge drops them inside its one Soft-NMS launch.
-    keep: torch.Tensor | None = None
+    # bool: the rows decode filled (its output is padded), then the survivors of stacking / the valid
+    # range. A mask, not a selection: selecting would need a host read of the count on CUDA; merge drops
+    # the rest inside its one Soft-NMS launch.
+    keep: torch.Tensor
 
 
 @dataclass
@@ -255,14 +257,18 @@ class BatchRegions:
 
 def decode_batch(ctx: Context, out: dict, batch: BatchRegions) -> tuple[ScaleDetections, torch.Tensor]:
     """Network outputs -> candidates in original pixels (scale = region factor, offset = its origin),
-    and each candidate's input in the batch (int64)."""
+    and each candidate's input in the batch (int64). With params.padded_decode no host read of the
+    count, which on CUDA would wait for this batch's network before the next batch is queued: the rows
+    past the count are zeros with keep False, and every later stage leaves them out by the mask."""
     p = ctx.params.decode
-    boxes, scores, labels, b = ops.decode(out["scores"], out["ltrb"], stride=ctx.bundle.strides["detection"],
-                                          score_threshold=p["score_threshold"], max_candidates=p["max_candidates"],
-                                          scales=batch.factors, offsets=batch.origins)
+    out = ops.decode(out["scores"], out["ltrb"], stride=ctx.bundle.strides["detection"],
+                     score_threshold=p["score_threshold"], max_candidates=p["max_candidates"],
+                     scales=batch.factors, offsets=batch.origins, padded=ctx.params.padded_decode)
+    boxes, scores, labels, b = out[:4]
+    valid = out[4] if ctx.params.padded_decode else torch.ones_like(scores, dtype=torch.bool)
     b = b.long()
     owners = batch.owners[b]
-    return ScaleDetections(boxes, scores, labels, owners[:, 0], owners[:, 1]), b
+    return ScaleDetections(boxes, scores, labels, owners[:, 0], owners[:, 1], keep=valid), b
 
 
 def paint_detections(ctx: Context, probs: torch.Tensor, dets: ScaleDetections, det_input: torch.Tensor,
@@ -271,7 +277,7 @@ def paint_detections(ctx: Context, probs: torch.Tensor, dets: ScaleDetections, d
     scoring >= box_score whose sqrt(area) (original px) is inside the finer scale's valid_range: the
     finer scale then also runs on the objects it is valid for that this scale has already found (the
     paper's labels mark only objects < 64 px at this scale; the pyramid's finer scale sees them all)."""
-    keep = (dets.scores >= box_score) & in_valid_range(dets.boxes, valid_range)
+    keep = dets.keep & (dets.scores >= box_score) & in_valid_range(dets.boxes, valid_range)
     # Back to each input's pixels: the inverse of decode's projection.
     origin = batch.origins[det_input].repeat(1, 2)
     local = ((dets.boxes - origin) * batch.factors[det_input][:, None]).contiguous()
@@ -355,11 +361,12 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
 def concat(ctx: Context, parts: list[ScaleDetections]) -> ScaleDetections:
     if not parts:
         empty = torch.zeros((0,), device=ctx.device)
-        return ScaleDetections(empty.reshape(0, 4), empty, empty.to(torch.int32), empty.long(), empty.long())
+        return ScaleDetections(empty.reshape(0, 4), empty, empty.to(torch.int32), empty.long(), empty.long(),
+                               empty.bool())
     if len(parts) == 1:
         return parts[0]
     return ScaleDetections(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                             ("boxes", "scores", "labels", "region", "image")))
+                             ("boxes", "scores", "labels", "region", "image", "keep")))
 
 
 # ------------------------------------------------------------------------------------ stacking
@@ -378,7 +385,8 @@ def stack(ctx: Context, dets: ScaleDetections, regions: list[Region], valid_rang
     if not regions:
         return replace(dets, boxes=boxes)
     chips = ops.to_device(np.stack([r.box for r in regions]).astype(np.float32), ctx.device)[dets.region]
-    return replace(dets, boxes=boxes, keep=ops.stack_prune(boxes, chips, ctx.image_hw[dets.image], tuple(valid_range)))
+    kept = ops.stack_prune(boxes, chips, ctx.image_hw[dets.image], tuple(valid_range))
+    return replace(dets, boxes=boxes, keep=kept & dets.keep)
 
 
 def in_valid_range(boxes: torch.Tensor, valid_range) -> torch.Tensor:
@@ -402,8 +410,7 @@ def merge(ctx: Context, per_scale: list[ScaleDetections], ran: list) -> list[Det
     with ctx.stats.stage("postprocess"):
         cat = lambda f: torch.cat([getattr(d, f) for d in per_scale])  # noqa: E731
         boxes, scores, labels, image = cat("boxes"), cat("scores"), cat("labels").long(), cat("image")
-        keep = torch.cat([d.keep if d.keep is not None else torch.ones_like(d.scores, dtype=torch.bool)
-                          for d in per_scale])
+        keep = cat("keep")
         classes = len(ctx.bundle.classes) if p["class_aware"] else 1
         segments = n_images * classes
         # Dropped boxes sort past the last segment; a stable sort keeps each segment in input order
@@ -469,7 +476,7 @@ def sniper(ctx: Context) -> list[Detections]:
         dets, _ = run_scale(ctx, regions, s)
         with ctx.stats.stage("postprocess"):
             boxes = _clip_to_images(ctx, dets)
-            kept.append(replace(dets, boxes=boxes, keep=in_valid_range(boxes, ctx.params.valid_ranges[s])))
+            kept.append(replace(dets, boxes=boxes, keep=dets.keep & in_valid_range(boxes, ctx.params.valid_ranges[s])))
     return _finish(ctx, kept, ran)
 
 

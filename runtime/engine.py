@@ -11,7 +11,7 @@ Parameters (runtime/params.py) come from the bundle, overridden per engine (Auto
 **overrides)) and per call (engine(image, **overrides)); unknown names raise TypeError.
 device=None: "cuda" when the chosen backend runs there, else "cpu". On CUDA, images, network outputs
 and post-processing stay on the GPU (FocusChips run on a host copy of the small focus maps unless
-chips_on_host=False); last_stats["host_syncs"] counts the host synchronisations
+chips_on_host=False; decode reads no candidate count unless padded_decode=False); last_stats["host_syncs"] counts the host synchronisations
 torch sees (torch.cuda sync debug mode) plus one per onnxruntime batch (its run ends with one).
 cuda_graphs (torch backend on CUDA; None = on there): replay the network from one CUDA graph per input
 shape (runtime/backends/torch.py). sync_stages=True (an attribute, for profiling): on CUDA, wait for the
@@ -60,6 +60,7 @@ class AutoFocusEngine:
         # On the CPU the next multiple of 32 runs fewer pixels and equals model/evaluate.py exactly.
         self._base["padding"] = "shared" if self.device == "cuda" else "divisor"
         self._base["chips_on_host"] = self.device == "cuda"
+        self._base["padded_decode"] = self.device == "cuda"
         self.overrides = dict(overrides)
         self._backend = backends.load_backend(self.backend_name, self.bundle, self.device, **options)
         if self.device == "cuda" and not self._backend.fixed_shapes:

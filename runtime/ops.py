@@ -628,7 +628,8 @@ def _ptr(t) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def decode(scores, ltrb, stride=8, score_threshold=0.05, max_candidates=1000, scales=None, offsets=None):
+def decode(scores, ltrb, stride=8, score_threshold=0.05, max_candidates=1000, scales=None, offsets=None,
+           padded=False):
     """Dense network outputs -> candidate detections in original-image pixels (docs/contract.md).
     On CUDA inside trusted_values() the kernels themselves flag NaN/inf scores (any cell) and decoded
     boxes (the cells kept), read with the row count.
@@ -639,6 +640,11 @@ def decode(scores, ltrb, stride=8, score_threshold=0.05, max_candidates=1000, sc
     Per image the cells with score > score_threshold, at most max_candidates of them, highest first (ties:
     smaller flat index (c, y, x) first); images in order.
     Returns boxes (K, 4) float32, scores (K,) float32, labels (K,) int32 (= c), batch_index (K,) int32.
+
+    padded=True: no host read of K (on CUDA that read waits for the network's batch, so the host cannot
+    queue the next one). Every output has cap = N * min(max_candidates, C * h * w) rows, the same K rows
+    first and zeros after them, and a fifth output valid (cap,) bool marks the K real rows. The NaN/inf
+    flags then go through the value checks (raised at deferred_checks()' end inside it, at once outside).
     """
     _same_device(scores=scores, ltrb=ltrb, scales=scales, offsets=offsets)
     scores_in = scores
@@ -668,23 +674,38 @@ def decode(scores, ltrb, stride=8, score_threshold=0.05, max_candidates=1000, sc
     _check_finite(offsets, "offsets")
     if _value_checks(scales):
         _fail_if((scales <= 0).any(), "scales: expected every scale > 0")
+    cap = n * min(max_candidates, c * h * w)
     if not cuda:
         out = _ext().decode_cpu(scores, ltrb, stride, score_threshold, max_candidates, scales, offsets)
+        if padded:
+            k = out[0].shape[0]
+            out = tuple(np.concatenate([o, np.zeros((cap - k,) + o.shape[1:], o.dtype)]) for o in out)
+            out += (np.arange(cap) < k,)
         return tuple(_same_kind(o, scores_in) for o in out)
     import torch
-    cells = c * h * w
-    cap = n * min(max_candidates, cells)
     dev = scores.device
-    boxes_out = torch.empty((cap, 4), dtype=torch.float32, device=dev)
-    scores_out = torch.empty((cap,), dtype=torch.float32, device=dev)
-    labels_out = torch.empty((cap,), dtype=torch.int32, device=dev)
-    batch_out = torch.empty((cap,), dtype=torch.int32, device=dev)
-    count = torch.zeros((3,), dtype=torch.int64, device=dev)  # rows, non-finite score seen, non-finite box
+    # One zeroed buffer for the four outputs and the counts (one memset, not five): padded rows are zeros.
+    buf = (torch.zeros if padded else torch.empty)((3 * 8 + cap * 28,), dtype=torch.uint8, device=dev)
+    count = buf[:24].view(torch.int64)  # rows, non-finite score seen, non-finite box
+    if not padded:
+        count.zero_()
+
+    def column(first: int, width: int, dtype):  # `width` 4-byte values a row, from byte 24 + first * cap
+        return buf[24 + first * cap:24 + (first + 4 * width) * cap].view(dtype).view(cap, width)
+
+    boxes_out = column(0, 4, torch.float32)
+    scores_out, labels_out, batch_out = (column(f, 1, t)[:, 0] for f, t in
+                                         ((16, torch.float32), (20, torch.int32), (24, torch.int32)))
     if cap > 0:
         _ext().decode_cuda(scores.data_ptr(), ltrb.data_ptr(), n, c, h, w, stride, score_threshold,
                            max_candidates, scales.data_ptr(), offsets.data_ptr(), boxes_out.data_ptr(),
                            scores_out.data_ptr(), labels_out.data_ptr(), batch_out.data_ptr(), count.data_ptr(),
                            _cuda_stream(scores))
+    if padded:
+        _fail_if(count[1] > 0, "scores: contains NaN or inf")
+        _fail_if(count[2] > 0, "ltrb: contains NaN or inf (a decoded box is not finite)")
+        valid = torch.arange(cap, device=dev) < count[0]
+        return boxes_out, scores_out, labels_out, batch_out, valid
     # The one host read: the row count, with the kernels' own finiteness flags (what trusted_values()
     # relies on: they cost no launch of their own).
     k, bad_scores, bad_boxes = count.tolist()

@@ -1,7 +1,7 @@
 """The cascade's parameters: the bundle's values, overridden per engine and per call, validated once.
 
 Names are the bundle.json keys (DESIGN.md: one name everywhere), plus the engine-only ones
-(scale, padding, merge_chips, chips_on_host, max_batch):
+(scale, padding, merge_chips, chips_on_host, padded_decode, max_batch):
     scales          [[min_side, max_side], ...] per scale
     valid_ranges    [[lo, hi], ...] per scale, sqrt(box area) in original pixels; hi None/inf = no bound
     chip_params     [{threshold, dilation, min_size[, box_score]}, ...] per transition (len(scales) - 1);
@@ -24,6 +24,10 @@ Names are the bundle.json keys (DESIGN.md: one name everywhere), plus the engine
     chips_on_host   on CUDA, run FocusChips (Algorithm 1) with the C++ kernels on a host copy of the
                     focus maps: the chips are read on the host anyway, and on small maps the C++ kernel
                     is faster than the CUDA one (one thread block per map)
+    padded_decode   decode without a host read of each batch's candidate count (ops.decode(padded=True):
+                    max_candidates rows an input, the empty ones masked out). Same detections; on CUDA
+                    that read waits for the batch's network, so without it the host queues the next
+                    batch at once (the default there); on the CPU the extra rows only cost time
     max_batch       network inputs per call: None = the bundle's per bucket (its TensorRT profiles); an
                     int >= 1 for every bucket, with backends that run any shape (on a GPU every call,
                     and the decode and host read that follow it, costs more than its pixels)
@@ -45,7 +49,7 @@ SOFT_NMS_METHODS = ("gaussian", "linear", "hard")
 CHIP_KEYS = ("threshold", "dilation", "min_size")
 CHIP_OPTIONAL_KEYS = ("box_score",)
 NAMES = ("scales", "valid_ranges", "chip_params", "decode", "soft_nms", "max_detections", "scale",
-         "padding", "merge_chips", "chips_on_host", "max_batch")
+         "padding", "merge_chips", "chips_on_host", "padded_decode", "max_batch")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class CascadeParams:
     padding: str
     merge_chips: bool
     chips_on_host: bool
+    padded_decode: bool
     max_batch: int | None    # None: the bundle's per bucket
 
 
@@ -68,7 +73,7 @@ def bundle_values(bundle) -> dict:
     return {"scales": bundle.scales, "valid_ranges": bundle.valid_ranges, "chip_params": bundle.chip_params,
             "decode": dict(bundle.decode), "soft_nms": {"class_aware": True, **bundle.soft_nms},
             "max_detections": bundle.max_detections, "scale": 1, "padding": "bucket", "merge_chips": True,
-            "chips_on_host": False, "max_batch": None}
+            "chips_on_host": False, "padded_decode": False, "max_batch": None}
 
 
 def check_names(overrides: dict, where: str) -> None:
@@ -107,6 +112,7 @@ def resolve(base: dict, *layers: dict) -> CascadeParams:
                          padding=_choice(values["padding"], "padding", PADDINGS),
                          merge_chips=_bool(values["merge_chips"], "merge_chips"),
                          chips_on_host=_bool(values["chips_on_host"], "chips_on_host"),
+                         padded_decode=_bool(values["padded_decode"], "padded_decode"),
                          max_batch=None if values["max_batch"] is None else _int(values["max_batch"], "max_batch", 1))
 
 

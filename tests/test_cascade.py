@@ -139,7 +139,7 @@ def _stack(bundle, boxes, chip, image_hw, valid_range=(0, math.inf)):
     n = len(boxes)
     dets = cascade.ScaleDetections(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.ones(n),
                                    torch.zeros(n, dtype=torch.int32), torch.zeros(n, dtype=torch.int64),
-                                   torch.zeros(n, dtype=torch.int64))
+                                   torch.zeros(n, dtype=torch.int64), torch.ones(n, dtype=torch.bool))
     out = cascade.stack(ctx, dets, regions, valid_range)
     return out.boxes[out.keep].numpy()
 
@@ -292,13 +292,14 @@ def test_paint_detections_selects_by_score_and_the_finer_scales_range(bundle):
                       [150, 150, 250, 240],  # side ~95: too big
                       [200, 60, 204, 64],    # side 4: too small
                       [120, 200, 150, 230],  # side 30, score 0.29: too low
-                      [0, 0, 64, 16]],       # input 1, side 32, score 0.5: paints x 0..1, y 0
+                      [0, 0, 64, 16],        # input 1, side 32, score 0.5: paints x 0..1, y 0
+                      [200, 100, 220, 120]],  # side 20, score 0.9, but a padded row of decode's: no paint
                      np.float32)
-    scores = torch.tensor([0.9, 0.3, 0.95, 0.8, 0.29, 0.5])
-    det_input = torch.tensor([0, 0, 0, 0, 0, 1])
+    scores = torch.tensor([0.9, 0.3, 0.95, 0.8, 0.29, 0.5, 0.9])
+    det_input = torch.tensor([0, 0, 0, 0, 0, 1, 0])
     n = len(boxes)
     dets = cascade.ScaleDetections(torch.from_numpy(boxes), scores, torch.zeros(n, dtype=torch.int32),
-                                   det_input, torch.zeros(n, dtype=torch.int64))
+                                   det_input, torch.zeros(n, dtype=torch.int64), torch.arange(n) < n - 1)
     maps = torch.zeros((2, 25, 25))
     out = cascade.paint_detections(ctx, maps, dets, det_input, batch, 0.3, (10.0, 40.0)).numpy()
     factor, origin = np.array([2.0, 0.5]), np.array([[100, 50], [0, 0]], np.float64)

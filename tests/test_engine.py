@@ -157,6 +157,24 @@ def test_detect_batch_equals_single_calls(bundle, images):
     assert engine.detect_batch([]) == []
 
 
+def test_padded_decode_gives_the_same_detections(bundle, images):
+    """padded_decode (the CUDA default: no host read of each batch's candidate count) leaves its empty
+    rows out of stacking, painting and Soft-NMS: the same detections and chips as the compact decode."""
+    engine = AutoFocusEngine(bundle, backend="onnxruntime", device="cpu")
+    assert not engine.params.padded_decode
+    guided = {"chip_params": [{"box_score": 0.1}] * 2}  # painting, too
+    for mode, overrides in (("autofocus", {}), ("autofocus", guided), ("sniper", {}), ("single", {"scale": 2})):
+        compact = engine.detect_batch(images[:3], mode=mode, **overrides)
+        padded = engine.detect_batch(images[:3], mode=mode, padded_decode=True, **overrides)
+        for c, p in zip(compact, padded):
+            assert len(c) > 0
+            np.testing.assert_array_equal(p.boxes, c.boxes)
+            np.testing.assert_array_equal(p.scores, c.scores)
+            np.testing.assert_array_equal(p.labels, c.labels)
+            for pc, cc in zip(p.chips, c.chips):
+                np.testing.assert_array_equal(pc, cc)
+
+
 # ------------------------------------------------------------------------------------ overrides
 
 def test_overrides_per_engine_and_per_call(bundle, images):
@@ -188,6 +206,8 @@ def test_overrides_per_engine_and_per_call(bundle, images):
         engine(image, padding="none")
     with pytest.raises(TypeError, match="chips_on_host"):
         engine(image, chips_on_host="yes")
+    with pytest.raises(TypeError, match="padded_decode"):
+        engine(image, padded_decode=1)
     two = engine(image, scales=TEST_SCALES[:2], valid_ranges=[[0, None], [0, 40]], chip_params=[{}])
     _check_valid(two, image.shape[:2], 5)
     assert len(engine.last_stats["scales"]) == 2
@@ -306,13 +326,14 @@ def test_cli_writes_coco_results_and_drawings(bundle, images, tmp_path, capsys):
 @needs_cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
-@pytest.mark.parametrize("padding,chips_on_host", [("bucket", False), ("shared", True)])
-def test_cuda_engine_matches_cpu(bundle, images, backend, padding, chips_on_host):
+@pytest.mark.parametrize("padding,chips_on_host,padded_decode", [("bucket", False, False), ("shared", True, True)])
+def test_cuda_engine_matches_cpu(bundle, images, backend, padding, chips_on_host, padded_decode):
     from runtime import backends
     reason = backends.unavailable_reason(backend, bundle, "cuda")
     if reason is not None:
         pytest.skip(reason)
-    gpu = AutoFocusEngine(bundle, backend=backend, device="cuda", padding=padding, chips_on_host=chips_on_host)
+    gpu = AutoFocusEngine(bundle, backend=backend, device="cuda", padding=padding, chips_on_host=chips_on_host,
+                          padded_decode=padded_decode)
     cpu = AutoFocusEngine(bundle, backend="onnxruntime", device="cpu", padding=padding)
     for mode in ("autofocus", "sniper"):
         for image in images:
@@ -365,10 +386,12 @@ def test_cuda_graphs_option_is_checked(bundle):
 @pytest.mark.parametrize("output,where,modes", [("scores", "scores", ("autofocus", "sniper")),
                                                 ("ltrb", "ltrb", ("autofocus", "sniper")),
                                                 ("focus", "probs", ("autofocus",))])
-def test_nan_network_outputs_are_refused(bundle, images, device, output, where, modes):
+@pytest.mark.parametrize("padded_decode", [False, True])
+def test_nan_network_outputs_are_refused(bundle, images, device, output, where, modes, padded_decode):
     """A network that returns NaN (a broken export, fp16 overflow) gets a clear error naming the output,
-    not detections: decode's checks (on CUDA its kernels' flags), focus_chips' for the focus maps."""
-    engine = AutoFocusEngine(bundle, backend="torch", device=device)
+    not detections: decode's checks (on CUDA its kernels' flags: read with the count, or with padded
+    decode at the call's end), focus_chips' for the focus maps."""
+    engine = AutoFocusEngine(bundle, backend="torch", device=device, padded_decode=padded_decode)
     real = engine.infer
 
     def broken(batch):

@@ -71,21 +71,33 @@ def compare_soft_nms(keep, scores, ref_keep, ref_scores, score_threshold, tol=2e
 # ---- decode --------------------------------------------------------------------------------------
 
 class TestDecode:
-    def check(self, device, scores, ltrb, **kw):
+    def check(self, device, scores, ltrb, padded=False, **kw):
         kw_dev = {k: on_device(v, device) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
-        out = ops.decode(on_device(scores, device), on_device(ltrb, device), **kw_dev)
-        boxes, sc, labels, batch = (from_device(o, device) for o in out)
+        out = ops.decode(on_device(scores, device), on_device(ltrb, device), padded=padded, **kw_dev)
+        out = [from_device(o, device) for o in out]
+        ref = decode_reference(scores, ltrb, **kw)
+        if padded:
+            # cap rows (N * min(max_candidates, C*h*w)): the unpadded rows first, zeros after, and a mask
+            n, c, h, w = scores.shape
+            cap, k = n * min(kw.get("max_candidates", 1000), c * h * w), len(ref[1])
+            *out, valid = out
+            assert valid.dtype == np.bool_ and valid.shape == (cap,)
+            np.testing.assert_array_equal(valid, np.arange(cap) < k)
+            assert [o.shape[0] for o in out] == [cap] * 4
+            assert all((o[k:] == 0).all() for o in out)
+            out = [o[:k] for o in out]
+        boxes, sc, labels, batch = out
         assert boxes.dtype == np.float32 and sc.dtype == np.float32
         assert labels.dtype == np.int32 and batch.dtype == np.int32
-        ref = decode_reference(scores, ltrb, **kw)
         np.testing.assert_array_equal(batch, ref[3])
         np.testing.assert_array_equal(labels, ref[2])
         np.testing.assert_array_equal(sc, ref[1])  # exact: the same float32 scores, the same order
         np.testing.assert_allclose(boxes, ref[0], rtol=1e-5, atol=1e-3)
         return len(sc)
 
+    @pytest.mark.parametrize("padded", [False, True])
     @pytest.mark.parametrize("device", DEVICES)
-    def test_random(self, device):
+    def test_random(self, device, padded):
         rng = np.random.default_rng(1)
         total = 0
         for case in range(RANDOM_CASES):
@@ -100,7 +112,7 @@ class TestDecode:
             if case % 2:
                 kw["scales"] = rng.uniform(0.3, 3, n).astype(np.float32)
                 kw["offsets"] = rng.uniform(0, 500, (n, 2)).astype(np.float32)
-            total += self.check(device, scores, ltrb, **kw)
+            total += self.check(device, scores, ltrb, padded, **kw)
         assert total > 5_000  # the cases exercise real output
 
     @pytest.mark.parametrize("device", DEVICES)
@@ -614,6 +626,19 @@ class TestDeferredChecks:
             with ops.deferred_checks():
                 ops.soft_nms_segments(on_device(boxes, device), on_device(np.ones(1, np.float32), device),
                                       on_device(np.array([0, 1], np.int64), device))
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_padded_decode_raises_at_the_block_end_on_cuda(self, device):
+        # padded=True reads no count on CUDA: the kernels' NaN/inf flags join the deferred checks, so
+        # the results come back first and the error at the block's end (on the host: at the op).
+        scores = np.zeros((1, 2, 4, 4), np.float32)
+        scores[0, 1, 2, 3] = np.nan
+        ltrb = np.ones((1, 4, 4, 4), np.float32)
+        returned = []
+        with pytest.raises(ValueError, match="scores: contains NaN or inf"):
+            with ops.deferred_checks(), ops.trusted_values():
+                returned.append(ops.decode(on_device(scores, device), on_device(ltrb, device), padded=True))
+        assert len(returned) == (1 if device == "cuda" else 0)
 
     @pytest.mark.parametrize("device", DEVICES)
     def test_good_values_pass_and_the_block_nests_nothing(self, device):
