@@ -43,6 +43,7 @@ from runtime.cascade import resized_size, scale_factor
 from model.chips import padded_size
 from model.data import load_coco
 from model.labels import FOCUS_IGNORE, focus_labels, focus_positive_spans
+from model.network import FOCUS_FEATURES, focus_input_channels
 from model.train import load_model, load_split, read_image, save_checkpoint
 
 DEFAULT_CHECKPOINT = Path("runs/default/final.pt")  # what `python -m model.train` writes
@@ -158,6 +159,27 @@ def coverage_at_recall(head, data: list[dict], recall: float = RECALL, batch: in
     return out
 
 
+def set_focus_features(model, config: dict, kind: str) -> None:
+    """Points the focus head at other stride-16 features (model.network.FOCUS_FEATURES), in place, and
+    records it in config["network"]: the 3x3 conv's weights on the features it already read are kept and
+    those on the added channels start at zero, so the refit starts from the head as it was."""
+    if kind not in FOCUS_FEATURES:
+        raise ValueError(f"focus_features: expected one of {FOCUS_FEATURES}, got {kind!r}")
+    old = model.focus_conv
+    have = old.in_channels
+    new = torch.nn.Conv2d(focus_input_channels(kind, config["network"]["fpn_width"]), old.out_channels, 3, 1, 1)
+    if new.in_channels < have:
+        raise ValueError(f"focus_features: {kind!r} reads fewer channels than the head's {have}; refit from "
+                         f"the checkpoint it was trained with")
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :have] = old.weight
+        new.bias.copy_(old.bias)
+    model.focus_conv = new
+    model.focus_features_kind = kind
+    config["network"] = {**config["network"], "focus_features": kind}
+
+
 def _head_state(model) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(FOCUS_PREFIXES)}
 
@@ -225,6 +247,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--balance", type=float, default=1.0,
                    help="positive cells weigh n ** -balance (n: the object's cells); 0: plain cross-entropy")
+    p.add_argument("--focus-features", choices=FOCUS_FEATURES,
+                   help="what the head reads (default: as the checkpoint's): p4+p3max / p4+p3fold add the "
+                        "stride-8 map max-pooled / folded onto the stride-16 cells (model/network.py)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     args = p.parse_args(argv)
@@ -232,6 +257,8 @@ def main(argv=None) -> int:
         p.error(f"--holdout: expected a fraction in (0, 1), got {args.holdout}")
     torch.set_num_threads(args.threads)
     model, config = load_model(args.checkpoint)
+    if args.focus_features and args.focus_features != model.focus_features_kind:
+        set_focus_features(model, config, args.focus_features)
     coco = load_coco(args.annotations) if args.annotations else load_split(config["data"]["train_split"])
     n = len(coco.images) if args.images <= 0 else min(args.images, len(coco.images))
     n_held = max(1, int(round(n * args.holdout)))
@@ -252,7 +279,11 @@ def main(argv=None) -> int:
                             "best_epoch": history["best_epoch"], "lr": args.lr, "balance": args.balance,
                             "held_out_coverage_at_recall": {"recall": RECALL, "before": history["epoch0_coverage"],
                                                             "after": history["best_coverage"]},
-                            "minutes": (time.time() - t0) / 60.0, "source": str(args.checkpoint)}
+                            "minutes": (time.time() - t0) / 60.0, "source": str(args.checkpoint),
+                            "focus_features": model.focus_features_kind,
+                            "command": "python -m model.focus_refit " + " ".join(sys.argv[1:] if argv is None else argv)}
+    if "focus_refit" in state:  # a refit of a refit keeps the earlier record
+        extra["focus_refit"]["previous"] = state["focus_refit"]
     config = {k: v for k, v in config.items() if k != "classes"}
     save_checkpoint(Path(args.out), model, config, state["classes"], **extra)
     print(f"held-out coverage at {RECALL:.0%} recall of positive objects, per coarse scale: "

@@ -23,6 +23,11 @@ SIZE_DIVISOR = 32
 DET_STRIDE = 8
 FOCUS_STRIDE = 16
 OUTPUT_NAMES = ("scores", "ltrb", "focus")
+FOCUS_FEATURES = ("p4", "p4+p3max", "p4+p3fold")  # what the focus head reads (AutoFocusNet._focus_input)
+
+
+def focus_input_channels(focus_features: str, fpn_width: int) -> int:
+    return fpn_width * {"p4": 1, "p4+p3max": 2, "p4+p3fold": 5}[focus_features]
 INPUT_NAME = "image"
 
 
@@ -60,10 +65,13 @@ class Backbone(nn.Module):
 class AutoFocusNet(nn.Module):
     def __init__(self, num_classes: int, widths=(24, 32, 64, 96, 128), blocks=(1, 2, 2, 2, 2),
                  fpn_width: int = 64, head_width: int = 64, head_convs: int = 2, focus_width: int = 64,
-                 ltrb_base: float = 8.0, prior_prob: float = 0.05):
+                 ltrb_base: float = 8.0, prior_prob: float = 0.05, focus_features: str = "p4"):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
+        if focus_features not in FOCUS_FEATURES:
+            raise ValueError(f"focus_features: expected one of {FOCUS_FEATURES}, got {focus_features!r}")
+        self.focus_features_kind = focus_features
         self.num_classes = num_classes
         self.ltrb_base = float(ltrb_base)
         self.backbone = Backbone(list(widths), list(blocks))
@@ -78,7 +86,7 @@ class AutoFocusNet(nn.Module):
         self.cls_out = nn.Conv2d(head_width, num_classes, 1)
         self.reg_out = nn.Conv2d(head_width, 4, 1)
         # Paper Sec. 4.1: 3x3 conv, ReLU, 1x1 conv, binary softmax on the stride-16 map.
-        self.focus_conv = nn.Conv2d(fpn_width, focus_width, 3, 1, 1)
+        self.focus_conv = nn.Conv2d(focus_input_channels(focus_features, fpn_width), focus_width, 3, 1, 1)
         self.focus_out = nn.Conv2d(focus_width, 2, 1)
         self.export_mode = False
         self._init_weights(prior_prob)
@@ -119,10 +127,25 @@ class AutoFocusNet(nn.Module):
         p4 = self.smooth4(self.lat4(c4) + F.interpolate(p5, scale_factor=2.0, mode="nearest"))
         return c3, p4
 
+    def _p3(self, c3: torch.Tensor, p4: torch.Tensor) -> torch.Tensor:
+        return self.smooth3(self.lat3(c3) + F.interpolate(p4, scale_factor=2.0, mode="nearest"))
+
+    def _focus_input(self, p4: torch.Tensor, p3: torch.Tensor) -> torch.Tensor:
+        """"p4": the FPN's stride-16 map (the paper's). With the stride-8 map p3 brought onto the same
+        stride-16 cells, so that the head sees the finer detail that marks objects smaller than a cell:
+        "p4+p3max" its 2x2 max-pool (fpn_width more channels), "p4+p3fold" each cell's 2x2 block of p3
+        as 4 x fpn_width channels (pixel_unshuffle)."""
+        if self.focus_features_kind == "p4":
+            return p4
+        if self.focus_features_kind == "p4+p3max":
+            return torch.cat([p4, F.max_pool2d(p3, 2)], 1)
+        return torch.cat([p4, F.pixel_unshuffle(p3, 2)], 1)
+
     def focus_features(self, image: torch.Tensor) -> torch.Tensor:
-        """The stride-16 features (N, fpn_width, H/16, W/16) under the focus head (model/focus_refit.py)."""
+        """The stride-16 features (N, C, H/16, W/16) under the focus head (model/focus_refit.py)."""
         self.check_input(image)
-        return self._trunk(image)[1]
+        c3, p4 = self._trunk(image)
+        return self._focus_input(p4, self._p3(c3, p4) if self.focus_features_kind != "p4" else None)
 
     def focus_logits(self, features: torch.Tensor) -> torch.Tensor:
         """The FocusPixel head on stride-16 features: (N, 2, h, w) logits."""
@@ -132,12 +155,12 @@ class AutoFocusNet(nn.Module):
         if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
             self.check_input(image)
         c3, p4 = self._trunk(image)
-        p3 = self.smooth3(self.lat3(c3) + F.interpolate(p4, scale_factor=2.0, mode="nearest"))
+        p3 = self._p3(c3, p4)
         h = self.head(p3)
         cls_logits = self.cls_out(h)
         # Distances as base * exp(raw): positive, scale-free learning of log-distances.
         ltrb = self.ltrb_base * torch.exp(self.reg_out(h).clamp(-8.0, 8.0))
-        focus_logits = self.focus_logits(p4)
+        focus_logits = self.focus_logits(self._focus_input(p4, p3))
         if export is None:
             export = self.export_mode
         if not export:
@@ -155,7 +178,8 @@ def build_model(config: dict, num_classes: int) -> AutoFocusNet:
     return AutoFocusNet(num_classes, widths=tuple(net["widths"]), blocks=tuple(net["blocks"]),
                         fpn_width=net["fpn_width"], head_width=net["head_width"],
                         head_convs=net["head_convs"], focus_width=net["focus_width"],
-                        ltrb_base=net["ltrb_base"], prior_prob=net["prior_prob"])
+                        ltrb_base=net["ltrb_base"], prior_prob=net["prior_prob"],
+                        focus_features=net.get("focus_features", "p4"))
 
 
 def count_parameters(model: nn.Module) -> int:

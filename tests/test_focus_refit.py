@@ -143,3 +143,28 @@ def test_refit_learns_a_map_the_features_determine():
 def test_refit_refuses_a_holdout_that_leaves_nothing(refit_run):
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(refit_run / "in.pt"), "--holdout", "1.5"])
+
+
+def test_set_focus_features_starts_from_the_same_head(tmp_path):
+    """Widening the head to p4+p3max keeps its outputs (zero weights on the new channels), records the
+    choice in the config, and a checkpoint saved with it loads back into the same network."""
+    from model.focus_refit import set_focus_features
+    config = load_config(overrides={"network": TINY_NET})
+    torch.manual_seed(0)
+    model = build_model(config, 5).deploy()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)["focus"]
+        set_focus_features(model, config, "p4+p3max")
+        after = model(x)["focus"]
+    assert model.focus_conv.in_channels == 2 * TINY_NET["fpn_width"]
+    assert config["network"]["focus_features"] == "p4+p3max"
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    save_checkpoint(tmp_path / "wide.pt", model, config, ["a", "b", "c", "d", "e"], step=1)
+    loaded, _ = load_model(tmp_path / "wide.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["focus"], after, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="focus_features"):
+        set_focus_features(model, config, "p2")
+    with pytest.raises(ValueError, match="fewer channels"):
+        set_focus_features(model, config, "p4")

@@ -98,3 +98,38 @@ def test_build_model_from_default_config_is_small():
     model = build_model(load_config(), 5)
     n = sum(p.numel() for p in model.parameters())
     assert 0.3e6 < n < 1.5e6  # DESIGN's CPU budget is for a ~0.8 M-parameter net
+
+
+def _p3_cells(p3: torch.Tensor, kind: str) -> torch.Tensor:
+    """p3 (N, C, 2h, 2w) onto the stride-16 cells, written with reshape/permute (not the model's ops)."""
+    n, c, h, w = p3.shape
+    blocks = p3.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)  # (n, c, 2, 2, h/2, w/2)
+    if kind == "p4+p3max":
+        return blocks.amax(dim=(2, 3))
+    return blocks.reshape(n, 4 * c, h // 2, w // 2)
+
+
+@pytest.mark.parametrize("kind,channels", [("p4+p3max", 2 * 64), ("p4+p3fold", 5 * 64)])
+def test_focus_head_on_p4_and_p3(kind, channels):
+    """The head reads p4 with p3 brought onto each stride-16 cell (2x2 max or the 2x2 block as channels),
+    computed here independently from the model's own p3 and p4; its output is the softmax of the
+    paper's head on those features."""
+    torch.manual_seed(0)
+    model = AutoFocusNet(num_classes=3, focus_features=kind).deploy()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        feats = model.focus_features(x)
+        c3, p4 = model._trunk(x)
+        p3 = model.smooth3(model.lat3(c3) + torch.nn.functional.interpolate(p4, scale_factor=2.0, mode="nearest"))
+        torch.testing.assert_close(feats, torch.cat([p4, _p3_cells(p3, kind)], 1), rtol=0, atol=0)
+        out = model(x)
+        want = torch.softmax(model.focus_out(torch.relu(model.focus_conv(feats))), 1)
+    assert feats.shape == (2, channels, 4, 6) and out["focus"].shape == (2, 2, 4, 6)
+    torch.testing.assert_close(out["focus"], want)
+    config = load_config(overrides={"network": {"focus_features": kind}})
+    assert build_model(config, 5).focus_conv.in_channels == channels
+
+
+def test_unknown_focus_features_are_refused():
+    with pytest.raises(ValueError, match="focus_features"):
+        AutoFocusNet(num_classes=3, focus_features="p3")
