@@ -124,6 +124,7 @@ def summarise(run: dict, n_images: int, repeats: int) -> dict:
     padded = sum(common.pixels(s)[1] for s in per_repeat)
     scales = len(per_repeat[0]["scales"])
     chips = [sum(s["scales"][k]["chips"] for s in per_repeat) / n_images for k in range(scales)]
+    by_scale = [sum(s["scales"][k]["pixels"] for s in per_repeat) / n_images for k in range(scales)]
     stage_stats = run.get("stage_stats", run["stats"])
     stage = {k: sum(s["seconds"][k] for s in stage_stats) for k in ("network", "chips", "postprocess", "total")}
     passes = len(stage_stats) / len(per_repeat)
@@ -131,7 +132,8 @@ def summarise(run: dict, n_images: int, repeats: int) -> dict:
     return {"images_per_s": n_images / median, "images_per_s_min": n_images / max(seconds),
             "images_per_s_max": n_images / min(seconds), "seconds_per_repeat": seconds,
             "seconds_median": median, "pixels_per_image": real / n_images,
-            "padded_pixels_per_image": padded / n_images, "chips_per_image": chips,
+            "padded_pixels_per_image": padded / n_images, "pixels_per_image_by_scale": by_scale,
+            "chips_per_image": chips,
             "stage_share": {k: (v / stage["total"] if stage["total"] else 0.0)
                             for k, v in stage.items() if k != "total"},
             "postprocess_share": stage["postprocess"] / stage["total"] if stage["total"] else 0.0,
@@ -148,6 +150,9 @@ def add_ratios(results: dict) -> None:
     for r in results.values():
         r["speedup_vs_sniper"] = base["seconds_median"] / r["seconds_median"] if base else None
         r["pixels_vs_sniper"] = r["pixels_per_image"] / base["pixels_per_image"] if base else None
+        if "pixels_per_image_by_scale" in r:  # (not SAHI's, peers.py) each scale's share of sniper's total
+            r["pixels_vs_sniper_by_scale"] = ([p / base["pixels_per_image"] for p in r["pixels_per_image_by_scale"]]
+                                              if base else None)
         r["padded_pixels_vs_sniper"] = (r["padded_pixels_per_image"] / base["padded_pixels_per_image"]
                                         if base else None)
 
@@ -168,6 +173,16 @@ def format_results(results: dict) -> str:
                      *(f"{r[k]:.1f}" for k in ("AP", "AP50", "APs", "APm", "APl")),
                      f"{r['postprocess_ms_per_image']:.2f}", f"{100 * r['postprocess_share']:.0f}%"])
     return common.format_table(headers, rows)
+
+
+def format_scales(results: dict) -> str:
+    """Chips an image and pixels as a fraction of sniper's total pixels, per scale (n/a without sniper)."""
+    scales = len(next(iter(results.values()))["chips_per_image"])
+    rows = [[name, *(f"{c:.2f}" for c in r["chips_per_image"]),
+             *(_opt(v, ".3f") for v in (r["pixels_vs_sniper_by_scale"] or [None] * scales))]
+            for name, r in results.items()]
+    return common.format_table(["mode", *(f"chips s{k + 1}" for k in range(scales)),
+                                *(f"px/sniper s{k + 1}" for k in range(scales))], rows)
 
 
 def format_stages(results: dict) -> str:
@@ -222,6 +237,7 @@ def main(argv=None) -> int:
     print(f"{len(eval_set.infos)} images from {eval_set.coco.annotations_path}; backend {engine.backend_name} on "
           f"{engine.device}; batch {args.batch}; {args.repeats} repeat(s); {common.machine()['cpu']}")
     print(format_results(results))
+    print(format_scales(results))
     print(format_stages(results))
     if args.json:
         record = {"bundle": str(engine.bundle.folder), "annotations": str(eval_set.coco.annotations_path),

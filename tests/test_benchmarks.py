@@ -70,6 +70,19 @@ def test_fps_main_table_json_and_pixel_accounting(tiny, tmp_path, capsys):
     for k, expected in enumerate(per_scale):
         assert record["modes"][f"single{k + 1}"]["pixels_per_image"] == pytest.approx(expected)
     assert record["modes"]["sniper"]["pixels_per_image"] == pytest.approx(sum(per_scale))
+    # Per scale: sniper's are the resize rule's, each single scale's only its own; AutoFocus's scale 1
+    # is the whole image and its finer scales at most sniper's.
+    total = sum(per_scale)
+    np.testing.assert_allclose(record["modes"]["sniper"]["pixels_vs_sniper_by_scale"],
+                               [p / total for p in per_scale])
+    for k in range(len(SCALES)):
+        want = [per_scale[k] / total if j == k else 0.0 for j in range(len(SCALES))]
+        np.testing.assert_allclose(record["modes"][f"single{k + 1}"]["pixels_vs_sniper_by_scale"], want)
+    auto_by_scale = record["modes"]["autofocus"]["pixels_per_image_by_scale"]
+    assert auto_by_scale[0] == pytest.approx(per_scale[0])
+    assert all(a <= p + 1e-6 for a, p in zip(auto_by_scale, per_scale))
+    assert sum(auto_by_scale) == pytest.approx(record["modes"]["autofocus"]["pixels_per_image"])
+    assert "px/sniper s2" in table
     assert record["modes"]["sniper"]["pixels_vs_sniper"] == 1.0
     assert record["modes"]["sniper"]["speedup_vs_sniper"] == 1.0
     # AutoFocus always runs scale 1 whole, and never more than the pyramid.
