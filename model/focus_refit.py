@@ -281,7 +281,8 @@ def main(argv=None) -> int:
                                                             "after": history["best_coverage"]},
                             "minutes": (time.time() - t0) / 60.0, "source": str(args.checkpoint),
                             "focus_features": model.focus_features_kind,
-                            "command": "python -m model.focus_refit " + " ".join(sys.argv[1:] if argv is None else argv)}
+                            "command": " ".join(["python -m model.focus_refit", *(sys.argv[1:] if argv is None
+                                                                                  else argv)])}
     if "focus_refit" in state:  # a refit of a refit keeps the earlier record
         extra["focus_refit"]["previous"] = state["focus_refit"]
     config = {k: v for k, v in config.items() if k != "classes"}

@@ -23,12 +23,14 @@ SIZE_DIVISOR = 32
 DET_STRIDE = 8
 FOCUS_STRIDE = 16
 OUTPUT_NAMES = ("scores", "ltrb", "focus")
-FOCUS_FEATURES = ("p4", "p4+p3max", "p4+p3fold")  # what the focus head reads (AutoFocusNet._focus_input)
+INPUT_NAME = "image"
+# What the focus head can read (AutoFocusNet._focus_input), and its input width in FPN widths.
+_FOCUS_INPUT_WIDTHS = {"p4": 1, "p4+p3max": 2, "p4+p3fold": 5}
+FOCUS_FEATURES = tuple(_FOCUS_INPUT_WIDTHS)
 
 
 def focus_input_channels(focus_features: str, fpn_width: int) -> int:
-    return fpn_width * {"p4": 1, "p4+p3max": 2, "p4+p3fold": 5}[focus_features]
-INPUT_NAME = "image"
+    return fpn_width * _FOCUS_INPUT_WIDTHS[focus_features]
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:

@@ -11,8 +11,9 @@ Parameters (runtime/params.py) come from the bundle, overridden per engine (Auto
 **overrides)) and per call (engine(image, **overrides)); unknown names raise TypeError.
 device=None: "cuda" when the chosen backend runs there, else "cpu". On CUDA, images, network outputs
 and post-processing stay on the GPU (FocusChips run on a host copy of the small focus maps unless
-chips_on_host=False; decode reads no candidate count unless padded_decode=False); last_stats["host_syncs"] counts the host synchronisations
-torch sees (torch.cuda sync debug mode) plus one per onnxruntime batch (its run ends with one).
+chips_on_host=False; decode reads no candidate count unless padded_decode=False); last_stats["host_syncs"]
+counts the host synchronisations torch sees (torch.cuda sync debug mode) plus one per onnxruntime batch
+(its run ends with one).
 cuda_graphs (torch backend on CUDA; None = on there): replay the network from one CUDA graph per input
 shape (runtime/backends/torch.py). sync_stages=True (an attribute, for profiling): on CUDA, wait for the
 device at the end of every stage, so last_stats' stage times hold the GPU work each stage queued rather

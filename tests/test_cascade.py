@@ -133,13 +133,14 @@ def test_max_batch_replaces_the_bundles_limit(bundle):
 
 # ------------------------------------------------------------------------------------ stacking
 
-def _stack(bundle, boxes, chip, image_hw, valid_range=(0, math.inf)):
+def _stack(bundle, boxes, chip, image_hw, valid_range=(0, math.inf), keep=None):
     ctx = _context(bundle, [image_hw])
     regions = [cascade.Region(0, np.asarray(chip, np.float32), 1.0, (1, 1))]
     n = len(boxes)
+    keep = torch.ones(n, dtype=torch.bool) if keep is None else torch.tensor(keep)
     dets = cascade.ScaleDetections(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.ones(n),
                                    torch.zeros(n, dtype=torch.int32), torch.zeros(n, dtype=torch.int64),
-                                   torch.zeros(n, dtype=torch.int64), torch.ones(n, dtype=torch.bool))
+                                   torch.zeros(n, dtype=torch.int64), keep)
     out = cascade.stack(ctx, dets, regions, valid_range)
     return out.boxes[out.keep].numpy()
 
@@ -152,6 +153,14 @@ def test_stacking_drops_boxes_cut_by_an_inner_chip_border(bundle):
     beyond = [250, 100, 350, 150]                    # crosses the chip's right side
     kept = _stack(bundle, [inside, cut_right, cut_left, beyond], chip, (400, 500))
     assert kept.tolist() == [inside]
+
+
+def test_stacking_leaves_out_rows_already_dropped(bundle):
+    # decode's padded rows (and anything an earlier stage dropped) stay dropped, even where stacking
+    # alone would keep the box
+    chip = (100, 50, 300, 250)
+    inside, also_inside = [150, 100, 200, 150], [160, 110, 190, 140]
+    assert _stack(bundle, [inside, also_inside], chip, (400, 500), keep=[True, False]).tolist() == [inside]
 
 
 def test_stacking_keeps_boxes_on_the_image_border(bundle):
