@@ -27,7 +27,8 @@ SIZE_DIVISOR = 32
 FOCUS_STRIDE = 16
 DEFAULT_SCALES = ((480, 512), (800, 1280), (1400, 2000))
 # Per transition (scale s -> s+1): FocusPixel threshold t, dilation d, min chip size k in stride-16 cells.
-# The shipped model's (model/configs/default.json "inference", chosen with benchmarks/sweep.py).
+# The setting DEFAULT_BUCKETS below was fitted with (an earlier model's default); the shipped model's own
+# are in model/configs/default.json "inference" (chosen with benchmarks/sweep.py) and go to bundle.json.
 DEFAULT_CHIP_PARAMS = ({"threshold": 0.03, "dilation": 1, "min_size": 5},
                        {"threshold": 0.15, "dilation": 3, "min_size": 6})
 # The synthetic data's image sizes (model/synth.py): width 560-720, height 400-520, 15% portrait.
