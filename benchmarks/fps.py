@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on CUDA, FocusChips on a host copy of the focus maps (default: the engine's)")
     p.add_argument("--padded-decode", choices=("yes", "no"),
                    help="decode without a host read of each batch's count (default: the engine's; yes on CUDA)")
+    p.add_argument("--max-batch", type=int,
+                   help="network inputs per call (default: the engine's; 16 on CUDA with the torch backend)")
     p.add_argument("--cuda-graphs", choices=("yes", "no"),
                    help="torch backend on CUDA: replay the network from CUDA graphs (default: yes there)")
     p.add_argument("--warmup-all", action="store_true",
@@ -224,6 +226,8 @@ def main(argv=None) -> int:
             overrides["chips_on_host"] = args.chips_on_host == "yes"
         if args.padded_decode:
             overrides["padded_decode"] = args.padded_decode == "yes"
+        if args.max_batch is not None:
+            overrides["max_batch"] = args.max_batch
         if args.cuda_graphs:
             overrides["cuda_graphs"] = args.cuda_graphs == "yes"
         engine = common.open_engine(args.bundle, args.backend, args.device, **overrides)
@@ -243,7 +247,7 @@ def main(argv=None) -> int:
         record = {"bundle": str(engine.bundle.folder), "annotations": str(eval_set.coco.annotations_path),
                   "images": len(eval_set.infos), "backend": engine.backend_name, "device": engine.device,
                   "padding": engine.params.padding, "chips_on_host": engine.params.chips_on_host,
-                  "padded_decode": engine.params.padded_decode,
+                  "padded_decode": engine.params.padded_decode, "max_batch": engine.params.max_batch,
                   "cuda_graphs": engine.cuda_graphs, "warmup_all": args.warmup_all,
                   "batch": args.batch, "repeats": args.repeats,
                   "machine": common.machine(), "versions": common.versions(),

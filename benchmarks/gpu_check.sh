@@ -7,6 +7,7 @@
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 #   STEPS="fps_b8 fps_b1 tests" REPEATS=2 B1_MODES=autofocus,sniper OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+#   STEPS="fps_b8 base compact fps_b32 tests" ...: the same figures on the tree in .gpu/base too (see base)
 #
 # The device tool's call: carry [".gpu", "data/val", "bundles/default"]. .gpu/ (ignored by git) holds what
 # a machine without a package registry lacks: pycocotools wheels (.gpu/whl) and runtime._C prebuilt here
@@ -24,7 +25,7 @@ took() { local s=$1; shift; local t0=$SECONDS; "$@"; local rc=$?; step "$s" "rc=
 
 if compgen -G ".gpu/whl/*.whl" >/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
-    && export PYTHONPATH=/tmp/site
+    && export PYTHONPATH=/tmp/site SITE=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
@@ -76,7 +77,7 @@ compact() {  # batch 8 with decode's per-batch count read (padded_decode off): w
     --json "$OUT/fps_b8_compact.json" >>"$OUT/bench.log" 2>&1
 }
 hotspots() {  # where the time goes (cProfile of the host, torch.profiler of the device)
-  for mode in autofocus sniper; do
+  for mode in ${HOT_MODES:-autofocus sniper}; do
     took "hotspots-$mode" timeout 90 $PY benchmarks/hotspots.py --backend torch --device cuda --split val --limit 64 \
       --batch 8 --mode $mode >>"$OUT/hotspots.log" 2>&1
   done
@@ -87,12 +88,39 @@ memcheck() {  # memory errors in the kernels added since the last GPU run (gViso
     -k "Segments or StackPrune or PaintBoxes or Deferred or CropResizeImages or Trusted or Decode" >>"$OUT/pytest.log" 2>&1
   tail -2 "$OUT/pytest.log" | tee -a "$SUMMARY"
 }
+base() {  # fps_b8 on an earlier tree in .gpu/base (an A/B on one machine; make it with
+  # `git archive REV runtime benchmarks model export pyproject.toml | tar -x -C .gpu/base`, checkpoints left out)
+  [ -d .gpu/base/runtime ] || { step fps-b8-base "no .gpu/base/runtime: skipped"; return; }
+  cp runtime/_C*.so .gpu/base/runtime/ && ln -sfn "$PWD/data" .gpu/base/data && ln -sfn "$PWD/bundles" .gpu/base/bundles
+  ( cd .gpu/base && export PYTHONPATH=$PWD${SITE:+:$SITE} \
+    && took fps-b8-base timeout 150 $FPS --repeats ${REPEATS:-3} --batch 8 --modes ${B8_MODES:-autofocus,sniper} \
+      --json "$OUT/fps_b8_base.json" >>"$OUT/bench.log" 2>&1 )
+}
+fps_b32() {  # 32 images a call, up to 32 inputs a network call: fewer, fuller calls (offline indexing)
+  took fps-b32 timeout 150 $FPS --repeats ${REPEATS:-3} --batch 32 --max-batch 32 --modes autofocus,sniper \
+    --json "$OUT/fps_b32.json" >>"$OUT/bench.log" 2>&1
+}
+fps_b8_mb64() {  # batch 8, up to 64 inputs a network call: what the per-call cost is worth at batch 8
+  took fps-b8-mb64 timeout 150 $FPS --repeats ${REPEATS:-3} --batch 8 --max-batch 64 --modes autofocus,sniper \
+    --json "$OUT/fps_b8_mb64.json" >>"$OUT/bench.log" 2>&1
+}
+variants() {  # more fps runs, AutoFocus and sniper: VARIANTS="name:fps arguments;name:arguments" (fps_NAME.json)
+  local v name argv
+  IFS=';' read -r -a list <<<"${VARIANTS:-}"
+  for v in "${list[@]}"; do
+    name=${v%%:*}; IFS=' ' read -r -a argv <<<"${v#*:}"
+    took "fps-$name" timeout 150 $FPS --repeats ${REPEATS:-3} --modes autofocus,sniper "${argv[@]}" \
+      --json "$OUT/fps_$name.json" >>"$OUT/bench.log" 2>&1
+  done
+}
 ops() { took ops-bench timeout 90 $PY benchmarks/ops.py --repeats 20 --json "$OUT/ops.json" >>"$OUT/bench.log" 2>&1; }
 rest() {
   took pytest-rest timeout 200 $PY -m pytest -q -m "not cuda" -p no:cacheprovider >>"$OUT/pytest.log" 2>&1
   tail -2 "$OUT/pytest.log" | tee -a "$SUMMARY"
 }
 for s in ${STEPS:-tests fps_b1 fps_b8 eager hotspots memcheck ops rest}; do "$s"; done
+# At most 8 files come back: the figures travel as one archive.
+compgen -G "$OUT/*.json" >/dev/null && (cd "$OUT" && tar -cf figures.tar *.json && rm -f *.json)
 
 echo; grep -v "^\s*$" "$OUT/bench.log" | grep -v "Warning\|warn" | tail -40
 echo; cat "$SUMMARY"

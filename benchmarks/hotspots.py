@@ -3,7 +3,7 @@ device's kernels and the host's launches (torch.profiler), over a few batches of
 
     python benchmarks/hotspots.py --backend torch --device cuda --mode autofocus --batch 8 --limit 64
 
-Prints the top functions by own time, then (on CUDA) the top operators by self CPU time and by self
+Prints the top functions by own time and by cumulative time (the stages), then (on CUDA) the top operators by self CPU time and by self
 CUDA time. A warm-up pass over the same images runs first, untimed (CUDA graph captures, allocator).
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main(argv=None) -> int:
           f"{1000 * seconds / len(images):.2f} ms an image (under cProfile)")
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.top)
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(args.top)  # time per stage
     print(out.getvalue())
     if engine.device == "cuda":
         import torch

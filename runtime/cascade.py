@@ -332,8 +332,7 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
     """Runs the network on every region of one scale. Returns (ScaleDetections, chips per image for the
     next scale, or None when chip_params is None)."""
     stats = ctx.stats
-    parts = []
-    next_chips = [[] for _ in ctx.images] if chip_params is not None else None
+    parts, maps = [], []
     for shape, idx in plan_batches(ctx, regions):
         with stats.stage("chips"):
             batch = crop_batch(ctx, regions, idx, shape)
@@ -353,8 +352,17 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
                 if chip_params["box_score"] is not None:
                     probs = paint_detections(ctx, probs, dets, det_input, batch_regions, chip_params["box_score"],
                                              ctx.params.valid_ranges[scale_index + 1])
-                for image, box in focus_chips_batch(ctx, probs, regions, idx, batch_regions, chip_params):
-                    next_chips[image].append(box)
+                maps.append((probs, idx, batch_regions))
+    if chip_params is None:
+        return concat(ctx, parts), None
+    # The maps are read only once every batch of the scale is queued: on CUDA the first host read then
+    # waits once for them all, and the GPU is not left idle while the host cuts each batch's chips
+    # before queuing the next (a read per batch was a wait per batch). Same chips, same order.
+    next_chips = [[] for _ in ctx.images]
+    with stats.stage("chips"):
+        for probs, idx, batch_regions in maps:
+            for image, box in focus_chips_batch(ctx, probs, regions, idx, batch_regions, chip_params):
+                next_chips[image].append(box)
     return concat(ctx, parts), next_chips
 
 
@@ -432,18 +440,26 @@ def merge(ctx: Context, per_scale: list[ScaleDetections], ran: list) -> list[Det
         table = torch.cat([boxes[src], decayed[:, None],
                            torch.stack([labels[src], image[src], src, taken], 1).float()], 1)
         host = table.cpu().numpy()
-        out = []
         host = host[host[:, 8] >= 0]
+        # Rows split by image with one stable sort (each image's rows keep their Soft-NMS order).
+        host = host[np.argsort(host[:, 6], kind="stable")]
+        bounds = np.searchsorted(host[:, 6], np.arange(n_images + 1))
+        chips = [_chips_by_image(regions, n_images) for regions in ran]
+        out = []
         for i in range(n_images):
-            rows = host[host[:, 6] == i]
+            rows = host[bounds[i]:bounds[i + 1]]
             if classes > 1:
                 rows = rows[np.lexsort((rows[:, 7], -rows[:, 4]))][:ctx.params.max_detections]
-            out.append(Detections(rows[:, :4], rows[:, 4], rows[:, 5], [_chips_of(r, i) for r in ran]))
+            out.append(Detections(rows[:, :4], rows[:, 4], rows[:, 5], [c[i] for c in chips]))
         return out
 
 
-def _chips_of(regions: list[Region], image: int) -> np.ndarray:
-    return np.array([r.box for r in regions if r.image == image], np.float32).reshape(-1, 4)
+def _chips_by_image(regions: list[Region], n_images: int) -> list[np.ndarray]:
+    """Each image's regions' boxes, (M, 4) float32, in the order of regions."""
+    boxes = [[] for _ in range(n_images)]
+    for r in regions:
+        boxes[r.image].append(r.box)
+    return [np.array(b, np.float32).reshape(-1, 4) for b in boxes]
 
 
 # ------------------------------------------------------------------------------------ modes
