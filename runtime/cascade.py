@@ -16,7 +16,8 @@ A Region is one network input: a rectangle of one image (original pixels) resize
 scale s+1 are cut from the focus maps of scale s's inputs (Algorithm 1, ops.focus_chips_batched +
 ops.chips_to_image), so they lie inside their parent and children of disjoint parents are disjoint;
 with merge_chips, chips of one image that overlap anyway (possible only when parents overlap) are
-replaced by their enclosing rectangle when that runs fewer pixels than the two apart.
+replaced by their enclosing rectangle when that runs fewer pixels than the two apart; with align_chips
+each chip then widens onto its scale's input grid (align_to_grid).
 """
 from __future__ import annotations
 
@@ -152,11 +153,29 @@ def chip_regions(ctx: Context, chips_per_image: list, scale_index: int) -> list[
             chips = merge_overlapping(chips)
         h, w = ctx.images[i].shape[:2]
         f = scale_factor(h, w, ctx.params.scales[scale_index])
+        if ctx.params.align_chips:
+            chips = align_to_grid(chips, ctx.bundle.input["size_divisor"] / f, ctx.image_sizes[i])
         for box in chips:
             size = resized_size(box, f)
             if size[0] >= 1 and size[1] >= 1:
                 regions.append(Region(i, np.asarray(box, np.float32), f, size))
     return regions
+
+
+def align_to_grid(chips, step: float, image_hw) -> np.ndarray:
+    """Chip sides moved outward onto multiples of step (original pixels), within [0, w] x [0, h].
+    With step = size_divisor / factor, crop_resize samples a chip's input pixel u at x1 + (u + 0.5) / f
+    - 0.5 = ((u + x1 f) + 0.5) / f - 0.5, which for x1 f a multiple of size_divisor is pixel u + x1 f of
+    the whole image's input, on the same stride grid: inside the chip the network sees the pyramid's own
+    pixels. Unaligned, small objects shift by a fraction of a stride and their scores move (val: scale-3
+    scores of 7-12 px objects 0.3-0.6 in the pyramid, 0.1-0.3 in chips). (M, 4) -> (M, 4) float32."""
+    b = np.asarray(chips, np.float64).reshape(-1, 4) / step
+    h, w = image_hw
+    eps = 1e-4  # a side already on the grid (up to float32 rounding) stays there
+    low = np.floor(b[:, :2] + eps) * step
+    high = np.ceil(b[:, 2:] - eps) * step
+    out = np.concatenate([np.maximum(low, 0), np.minimum(high, [w, h])], 1)
+    return out.astype(np.float32)
 
 
 def merge_overlapping(chips) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The cascade's parameters: the bundle's values, overridden per engine and per call, validated once.
 
 Names are the bundle.json keys (DESIGN.md: one name everywhere), plus the engine-only ones
-(scale, padding, merge_chips, chips_on_host, padded_decode, max_batch):
+(scale, padding, merge_chips, align_chips, chips_on_host, padded_decode, max_batch):
     scales          [[min_side, max_side], ...] per scale
     valid_ranges    [[lo, hi], ...] per scale, sqrt(box area) in original pixels; hi None/inf = no bound
     chip_params     [{threshold, dilation, min_size[, box_score]}, ...] per transition (len(scales) - 1);
@@ -21,6 +21,11 @@ Names are the bundle.json keys (DESIGN.md: one name everywhere), plus the engine
                     input that fits (fewest network calls: on a GPU a call costs more than its pixels)
     merge_chips     merge a scale's chips of one image that overlap into their enclosing rectangle when
                     that runs fewer pixels (True by default)
+    align_chips     widen each chip to the grid of its scale's network input (sides on multiples of
+                    size_divisor / factor original pixels, within the image), so that its input is an exact
+                    window of that scale's whole-image input: the same resampling phase and stride grid as
+                    the pyramid, whose detections it then reproduces (True by default; val: +0.5 AP for
+                    +4% padded pixels)
     chips_on_host   on CUDA, run FocusChips (Algorithm 1) with the C++ kernels on a host copy of the
                     focus maps: the chips are read on the host anyway, and on small maps the C++ kernel
                     is faster than the CUDA one (one thread block per map)
@@ -49,7 +54,7 @@ SOFT_NMS_METHODS = ("gaussian", "linear", "hard")
 CHIP_KEYS = ("threshold", "dilation", "min_size")
 CHIP_OPTIONAL_KEYS = ("box_score",)
 NAMES = ("scales", "valid_ranges", "chip_params", "decode", "soft_nms", "max_detections", "scale",
-         "padding", "merge_chips", "chips_on_host", "padded_decode", "max_batch")
+         "padding", "merge_chips", "align_chips", "chips_on_host", "padded_decode", "max_batch")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class CascadeParams:
     scale: int               # 1-based
     padding: str
     merge_chips: bool
+    align_chips: bool
     chips_on_host: bool
     padded_decode: bool
     max_batch: int | None    # None: the bundle's per bucket
@@ -72,7 +78,7 @@ def bundle_values(bundle) -> dict:
     """The parameters as the bundle sets them (engine-only ones at their defaults)."""
     return {"scales": bundle.scales, "valid_ranges": bundle.valid_ranges, "chip_params": bundle.chip_params,
             "decode": dict(bundle.decode), "soft_nms": {"class_aware": True, **bundle.soft_nms},
-            "max_detections": bundle.max_detections, "scale": 1, "padding": "bucket", "merge_chips": True,
+            "max_detections": bundle.max_detections, "scale": 1, "padding": "bucket", "merge_chips": True, "align_chips": True,
             "chips_on_host": False, "padded_decode": False, "max_batch": None}
 
 
@@ -111,6 +117,7 @@ def resolve(base: dict, *layers: dict) -> CascadeParams:
                          scale=_scale_index(values["scale"], len(scales)),
                          padding=_choice(values["padding"], "padding", PADDINGS),
                          merge_chips=_bool(values["merge_chips"], "merge_chips"),
+                         align_chips=_bool(values["align_chips"], "align_chips"),
                          chips_on_host=_bool(values["chips_on_host"], "chips_on_host"),
                          padded_decode=_bool(values["padded_decode"], "padded_decode"),
                          max_batch=None if values["max_batch"] is None else _int(values["max_batch"], "max_batch", 1))

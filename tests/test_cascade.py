@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from engine_fixtures import TEST_SCALES, TEST_VALID_RANGES, ceil_to, resized, scale_factor, val_images
-from reference import (chips_to_image_reference, decode_reference, focus_chips_reference, paint_boxes_reference,
-                       stack_prune_reference)
+from reference import (chips_to_image_reference, crop_resize_reference, decode_reference, focus_chips_reference,
+                       paint_boxes_reference, stack_prune_reference)
 from runtime import cascade, ops
 from runtime.params import bundle_values, resolve
 from runtime.stats import RunStats
@@ -211,6 +211,59 @@ def test_snap_to_parent():
     np.testing.assert_array_equal(cascade.snap_to_parent(chips[1], parents[1], 2.0), [[102.5, 50, 298, 240]])
 
 
+def _check_aligned(aligned, chips, step, image_hw):
+    """What align_to_grid promises, checked in float64: each side moved outward by less than one step onto
+    a multiple of step, or onto the image border where the grid line lies outside the image."""
+    a, c = np.asarray(aligned, np.float64), np.asarray(chips, np.float64)
+    h, w = image_hw
+    tol = 1e-3
+    assert (a[:, :2] <= c[:, :2] + tol).all() and (a[:, 2:] >= c[:, 2:] - tol).all()          # outward
+    assert (c[:, :2] - a[:, :2] < step + tol).all() and (a[:, 2:] - c[:, 2:] < step + tol).all()  # < a step
+    on_grid = np.abs(a / step - np.round(a / step)) * step < tol
+    on_border = (np.abs(a) < tol) | (np.abs(a - [w, h, w, h]) < tol)
+    assert (on_grid | on_border).all()
+    assert (a[:, :2] >= -tol).all() and (a[:, 2:] <= np.array([w, h]) + tol).all()
+
+
+def test_align_to_grid_properties():
+    rng = np.random.default_rng(7)
+    h, w, step = 421, 697, 32 / 1.37
+    xy = rng.uniform(0, [w - 50, h - 50], (200, 2))
+    chips = np.concatenate([xy, np.minimum(xy + rng.uniform(5, 300, (200, 2)), [w, h])], 1).astype(np.float32)
+    aligned = cascade.align_to_grid(chips, step, (h, w))
+    assert aligned.dtype == np.float32 and aligned.shape == chips.shape
+    _check_aligned(aligned, chips, step, (h, w))
+    # Sides already on the grid or the border stay; an empty list stays empty.
+    np.testing.assert_allclose(cascade.align_to_grid(aligned, step, (h, w)), aligned, atol=1e-3)
+    assert cascade.align_to_grid(np.zeros((0, 4), np.float32), step, (h, w)).shape == (0, 4)
+
+
+def test_aligned_chip_input_is_a_window_of_the_whole_image_input():
+    """The point of align_chips: the network input of an aligned chip equals the matching window of the
+    whole image's input at the same factor (float64 reference resize), so that inside it the network sees
+    the pyramid's own pixels; an unaligned chip's input does not."""
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 256, (120, 170, 3), dtype=np.uint8)
+    h, w = image.shape[:2]
+    f, div = np.float32(1.7), 32
+    mean, std = [0.4, 0.45, 0.5], [0.25, 0.25, 0.25]
+    oh, ow = resized(h, w, f)
+    whole = crop_resize_reference(image, [[0, 0, w, h]], f, (oh, ow), mean, std)[0]
+    chips = np.array([[13.3, 20.9, 71.2, 66.0], [101.7, 5.2, 160.4, 90.3], [40.0, 60.5, 170, 120]], np.float32)
+    aligned = cascade.align_to_grid(chips, div / float(f), (h, w))
+    for chip, unaligned in zip(aligned, chips):
+        x0, y0 = int(round(float(chip[0]) * float(f))), int(round(float(chip[1]) * float(f)))
+        assert x0 % div == 0 and y0 % div == 0
+        size = resized(chip[3] - chip[1], chip[2] - chip[0], f)
+        ch, cw = min(size[0], oh - y0), min(size[1], ow - x0)
+        got = crop_resize_reference(image, [chip], f, size, mean, std)[0]
+        np.testing.assert_allclose(got[:, :ch, :cw], whole[:, y0:y0 + ch, x0:x0 + cw], atol=1e-4)
+        u0, v0 = int(round(float(unaligned[0]) * float(f))), int(round(float(unaligned[1]) * float(f)))
+        size = resized(unaligned[3] - unaligned[1], unaligned[2] - unaligned[0], f)
+        off = crop_resize_reference(image, [unaligned], f, size, mean, std)[0]
+        assert np.abs(off[:, :20, :20] - whole[:, v0:v0 + 20, u0:u0 + 20]).max() > 0.01
+
+
 def test_cascade_chips_are_algorithm_1_on_the_networks_own_maps(bundle, engine, session):
     """Scale-2 chips from the whole image's focus map, scale-3 chips from each scale-2 chip's own map."""
     image = val_images(1)[0][0]
@@ -232,13 +285,17 @@ def test_cascade_chips_are_algorithm_1_on_the_networks_own_maps(bundle, engine, 
         cells = focus_chips_reference(m, t2, 1, 2)
         want3 += list(_snap(chips_to_image_reference(cells, 16, f2, chip_hw, 2, offset=chip[:2]), chip, f2))
     want3 = cascade.merge_overlapping(np.array(want3, np.float32).reshape(-1, 4))
-    det = engine(image, chip_params=[p1, p2])
+    det = engine(image, chip_params=[p1, p2], align_chips=False)
     np.testing.assert_array_equal(det.chips[0], [[0, 0, w, h]])
     np.testing.assert_allclose(det.chips[1], want2, atol=1e-3)
     np.testing.assert_allclose(det.chips[2], want3, atol=1e-3)
     stats = engine.last_stats
     assert [s["chips"] for s in stats["scales"]] == [1, len(want2), len(want3)]
     assert len(want3) > 0
+    # align_chips (the default): the same scale-2 chips, each widened onto scale 2's input grid.
+    aligned = engine(image, chip_params=[p1, p2]).chips[1]
+    assert aligned.shape == want2.shape
+    _check_aligned(aligned, want2, bundle.input["size_divisor"] / f2, (h, w))
 
 
 def test_detection_guided_chips_paint_the_coarser_scales_own_boxes(bundle, engine, session):
@@ -275,7 +332,7 @@ def test_detection_guided_chips_paint_the_coarser_scales_own_boxes(bundle, engin
     want3 = cascade.merge_overlapping(_snap(chips_to_image_reference(cells, 16, f2, (oh, ow), 2), (0, 0, w, h), f2))
     guided = {"threshold": t2, "dilation": 3, "min_size": 2, "box_score": box_score}
     # Transition 1 open (threshold 0): scale 2 runs on the whole image.
-    det = engine(image, chip_params=[{"threshold": 0.0}, guided], valid_ranges=ranges)
+    det = engine(image, chip_params=[{"threshold": 0.0}, guided], valid_ranges=ranges, align_chips=False)
     np.testing.assert_array_equal(det.chips[1], [[0, 0, w, h]])
     np.testing.assert_allclose(det.chips[2], want3, atol=1e-3)
     # Every painted detection (clipped to the image) lies inside a scale-3 chip, which the head alone misses.
@@ -285,7 +342,8 @@ def test_detection_guided_chips_paint_the_coarser_scales_own_boxes(bundle, engin
         return [bool(((c[0] >= chips[:, 0] - 1e-3) & (c[1] >= chips[:, 1] - 1e-3) & (c[2] <= chips[:, 2] + 1e-3)
                       & (c[3] <= chips[:, 3] + 1e-3)).any()) for c in clipped]
     assert all(held(det.chips[2]))
-    plain = engine(image, chip_params=[{"threshold": 0.0}, {**guided, "box_score": None}], valid_ranges=ranges)
+    plain = engine(image, chip_params=[{"threshold": 0.0}, {**guided, "box_score": None}], valid_ranges=ranges,
+                   align_chips=False)
     assert not all(held(plain.chips[2]))
 
 
