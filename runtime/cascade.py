@@ -167,8 +167,9 @@ def align_to_grid(chips, step: float, image_hw) -> np.ndarray:
     With step = size_divisor / factor, crop_resize samples a chip's input pixel u at x1 + (u + 0.5) / f
     - 0.5 = ((u + x1 f) + 0.5) / f - 0.5, which for x1 f a multiple of size_divisor is pixel u + x1 f of
     the whole image's input, on the same stride grid: inside the chip the network sees the pyramid's own
-    pixels. Unaligned, small objects shift by a fraction of a stride and their scores move (val: scale-3
-    scores of 7-12 px objects 0.3-0.6 in the pyramid, 0.1-0.3 in chips). (M, 4) -> (M, 4) float32."""
+    pixels. Unaligned, small objects shift by a fraction of a stride and their scores move, either way
+    (val: some 7-12 px objects scored 0.3-0.6 by the pyramid's scale 3 and 0.1-0.3 in chips that hold
+    them whole, as many the other way round). (M, 4) -> (M, 4) float32."""
     b = np.asarray(chips, np.float64).reshape(-1, 4) / step
     h, w = image_hw
     eps = 1e-4  # a side already on the grid (up to float32 rounding) stays there

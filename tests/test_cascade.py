@@ -292,8 +292,8 @@ def test_cascade_chips_are_algorithm_1_on_the_networks_own_maps(bundle, engine, 
     stats = engine.last_stats
     assert [s["chips"] for s in stats["scales"]] == [1, len(want2), len(want3)]
     assert len(want3) > 0
-    # align_chips (the default): the same scale-2 chips, each widened onto scale 2's input grid.
-    aligned = engine(image, chip_params=[p1, p2]).chips[1]
+    # align_chips: the same scale-2 chips, each widened onto scale 2's input grid.
+    aligned = engine(image, chip_params=[p1, p2], align_chips=True).chips[1]
     assert aligned.shape == want2.shape
     _check_aligned(aligned, want2, bundle.input["size_divisor"] / f2, (h, w))
 
