@@ -105,9 +105,11 @@ def test_fps_padding_options_reach_the_engine(tiny, tmp_path):
     bundle, annotations, _ = tiny
     out = tmp_path / "fps.json"
     assert fps.main(["--bundle", bundle, "--annotations", annotations, "--repeats", "1", "--modes", "autofocus",
-                     "--padding", "shared", "--chips-on-host", "yes", "--json", str(out), "--no-progress"]) == 0
+                     "--padding", "shared", "--chips-on-host", "yes", "--max-batch", "1", "--batch", "2",
+                     "--json", str(out), "--no-progress"]) == 0
     record = json.loads(out.read_text())
-    assert record["padding"] == "shared" and record["chips_on_host"] is True
+    assert record["padding"] == "shared" and record["chips_on_host"] is True and record["max_batch"] == 1
+    assert fps.main(["--bundle", bundle, "--annotations", annotations, "--max-batch", "0"]) == 2
 
 
 def test_hotspots_prints_the_engines_own_functions(tiny, capsys):
