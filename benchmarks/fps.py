@@ -139,6 +139,8 @@ def summarise(run: dict, n_images: int, repeats: int) -> dict:
             "postprocess_share": stage["postprocess"] / stage["total"] if stage["total"] else 0.0,
             "postprocess_ms_per_image": 1000 * stage["postprocess"] / (passes * n_images),
             "stage_ms_per_image": {k: 1000 * v / (passes * n_images) for k, v in stage.items()},
+            # each network call is a batch of one input shape (last_stats "batches": calls per shape)
+            "network_calls_per_image": sum(sum(s["batches"].values()) for s in per_repeat) / n_images,
             "host_syncs_per_image": (sum(s["host_syncs"] for s in per_repeat) / n_images
                                      if per_repeat[0].get("host_syncs") is not None else None),
             "synced_stages": bool(stage_stats and stage_stats[0].get("synced_stages"))}
@@ -186,10 +188,13 @@ def format_scales(results: dict) -> str:
 
 
 def format_stages(results: dict) -> str:
-    """Milliseconds an image per stage (synced on CUDA, see the module docstring) and host syncs an image."""
+    """Milliseconds an image per stage (synced on CUDA, see the module docstring), network calls and host
+    syncs an image (on a GPU each call and each sync costs more than its pixels)."""
     rows = [[name, *(f"{r['stage_ms_per_image'][k]:.2f}" for k in ("network", "chips", "postprocess", "total")),
-             _opt(r["host_syncs_per_image"], ".1f")] for name, r in results.items()]
-    return common.format_table(["mode", "network ms", "chips ms", "post ms", "total ms", "syncs/img"], rows)
+             f"{r['network_calls_per_image']:.2f}", _opt(r["host_syncs_per_image"], ".1f")]
+            for name, r in results.items()]
+    return common.format_table(["mode", "network ms", "chips ms", "post ms", "total ms", "calls/img", "syncs/img"],
+                               rows)
 
 
 def build_parser() -> argparse.ArgumentParser:

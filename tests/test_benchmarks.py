@@ -88,6 +88,14 @@ def test_fps_main_table_json_and_pixel_accounting(tiny, tmp_path, capsys):
     # AutoFocus always runs scale 1 whole, and never more than the pyramid.
     auto = record["modes"]["autofocus"]["pixels_per_image"]
     assert per_scale[0] <= auto + 1e-6
+    # One image a call: a single scale is one network call an image, sniper one a scale, AutoFocus one at
+    # scale 1 and one per chip shape of each finer scale.
+    for k in range(len(SCALES)):
+        assert record["modes"][f"single{k + 1}"]["network_calls_per_image"] == 1.0
+    assert record["modes"]["sniper"]["network_calls_per_image"] == float(len(SCALES))
+    auto_chips = record["modes"]["autofocus"]["chips_per_image"]
+    assert 1.0 <= record["modes"]["autofocus"]["network_calls_per_image"] <= sum(auto_chips) + 1e-9
+    assert "calls/img" in table
 
 
 def test_fps_batch_and_mode_subset(tiny, tmp_path, capsys):
