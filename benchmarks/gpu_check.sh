@@ -105,7 +105,7 @@ fps_b8_mb64() {  # batch 8, up to 64 inputs a network call: what the per-call co
     --json "$OUT/fps_b8_mb64.json" >>"$OUT/bench.log" 2>&1
 }
 variants() {  # more fps runs, AutoFocus and sniper: VARIANTS="name:fps arguments;name:arguments" (fps_NAME.json)
-  local v name argv
+  local v name argv list
   IFS=';' read -r -a list <<<"${VARIANTS:-}"
   for v in "${list[@]}"; do
     name=${v%%:*}; IFS=' ' read -r -a argv <<<"${v#*:}"
