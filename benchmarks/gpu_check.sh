@@ -7,7 +7,8 @@
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 #   STEPS="fps_b8 fps_b1 tests" REPEATS=2 B1_MODES=autofocus,sniper OUT=/tmp/gpu bash benchmarks/gpu_check.sh
-#   STEPS="fps_b8 base compact fps_b32 tests" ...: the same figures on the tree in .gpu/base too (see base)
+#   STEPS="fps_b8 base compact tests" ...: the same figures on the tree in .gpu/base too (see base)
+#   STEPS="variants" VARIANTS="b32:--batch 32 --max-batch 32;b8_mb64:--batch 8 --max-batch 64" ...: other settings
 #
 # The device tool's call: carry [".gpu", "data/val", "bundles/default"]. .gpu/ (ignored by git) holds what
 # a machine without a package registry lacks: pycocotools wheels (.gpu/whl) and runtime._C prebuilt here
@@ -95,14 +96,6 @@ base() {  # fps_b8 on an earlier tree in .gpu/base (an A/B on one machine; make 
   ( cd .gpu/base && export PYTHONPATH=$PWD${SITE:+:$SITE} \
     && took fps-b8-base timeout 150 $FPS --repeats ${REPEATS:-3} --batch 8 --modes ${B8_MODES:-autofocus,sniper} \
       --json "$OUT/fps_b8_base.json" >>"$OUT/bench.log" 2>&1 )
-}
-fps_b32() {  # 32 images a call, up to 32 inputs a network call: fewer, fuller calls (offline indexing)
-  took fps-b32 timeout 150 $FPS --repeats ${REPEATS:-3} --batch 32 --max-batch 32 --modes autofocus,sniper \
-    --json "$OUT/fps_b32.json" >>"$OUT/bench.log" 2>&1
-}
-fps_b8_mb64() {  # batch 8, up to 64 inputs a network call: what the per-call cost is worth at batch 8
-  took fps-b8-mb64 timeout 150 $FPS --repeats ${REPEATS:-3} --batch 8 --max-batch 64 --modes autofocus,sniper \
-    --json "$OUT/fps_b8_mb64.json" >>"$OUT/bench.log" 2>&1
 }
 variants() {  # more fps runs, AutoFocus and sniper: VARIANTS="name:fps arguments;name:arguments" (fps_NAME.json)
   local v name argv list

@@ -78,8 +78,8 @@ def bundle_values(bundle) -> dict:
     """The parameters as the bundle sets them (engine-only ones at their defaults)."""
     return {"scales": bundle.scales, "valid_ranges": bundle.valid_ranges, "chip_params": bundle.chip_params,
             "decode": dict(bundle.decode), "soft_nms": {"class_aware": True, **bundle.soft_nms},
-            "max_detections": bundle.max_detections, "scale": 1, "padding": "bucket", "merge_chips": True, "align_chips": False,
-            "chips_on_host": False, "padded_decode": False, "max_batch": None}
+            "max_detections": bundle.max_detections, "scale": 1, "padding": "bucket", "merge_chips": True,
+            "align_chips": False, "chips_on_host": False, "padded_decode": False, "max_batch": None}
 
 
 def check_names(overrides: dict, where: str) -> None:
