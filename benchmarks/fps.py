@@ -18,6 +18,10 @@ COCO AP/AP50/APs/APm/APl (pycocotools, on the first repeat's detections), post m
 image in post-processing (decode, stacking, Soft-NMS; engine.last_stats) and post = its share of the
 engine's time. On CUDA the stage figures come from one more, untimed pass per mode with the engine's
 sync_stages on (each stage waits for its own GPU work); the timed passes run without it.
+
+AP intervals (--bootstrap, 1000 resamples by default): the 95% interval of each mode's AP and of its gap
+to sniper, from a paired bootstrap over the images (benchmarks/uncertainty.py): how far another draw of
+as many images from the same scenes could move them. A gap whose interval holds 0 is not established.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks import common
+from benchmarks import common, uncertainty
 from runtime.params import PADDINGS
 
 MODE_NAMES = ("autofocus", "sniper", "single")
@@ -82,8 +86,9 @@ def run_mode(engine, images: list, mode: str, overrides: dict, batch: int, progr
 
 
 def benchmark(engine, eval_set: common.EvalSet, modes, repeats: int = 3, batch: int = 1,
-              progress: bool = True, warmup_all: bool = False) -> dict:
-    """Times each mode (see the module docstring); returns {name: figures} in the order of `modes`."""
+              progress: bool = True, warmup_all: bool = False, bootstrap: int = 0) -> dict:
+    """Times each mode (see the module docstring); returns {name: figures} in the order of `modes`.
+    bootstrap: resamples of the paired bootstrap of AP against sniper (add_intervals; 0: none)."""
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
     if not isinstance(batch, int) or batch < 1:
@@ -113,7 +118,24 @@ def benchmark(engine, eval_set: common.EvalSet, modes, repeats: int = 3, batch: 
     for name, run in runs.items():
         results[name].update(common.coco_metrics(eval_set, run["detections"]))
     add_ratios(results)
+    if bootstrap:
+        add_intervals(results, eval_set, {name: run["detections"] for name, run in runs.items()}, bootstrap)
     return results
+
+
+def add_intervals(results: dict, eval_set: common.EvalSet, detections: dict, resamples: int) -> None:
+    """Each mode's AP and AP - sniper with their 95% intervals from a paired bootstrap over the images
+    (benchmarks/uncertainty.py): how far another draw of as many images could move them. Without
+    sniper, no gap: each mode's own AP interval only."""
+    reference = "sniper" if "sniper" in detections else next(iter(detections))
+    as_tuples = {name: {i: (d.boxes, d.scores, d.labels) for i, d in dets.items()} for name, dets in detections.items()}
+    intervals = uncertainty.paired_bootstrap(eval_set.coco, as_tuples, reference, resamples=resamples)
+    for name in detections:
+        r, b = results[name], intervals[name]
+        r["AP_interval"] = [b["ap_low"], b["ap_high"]]
+        r["AP_vs_sniper"] = b["ap_minus_reference"] if reference == "sniper" else None
+        r["AP_vs_sniper_interval"] = [b["low"], b["high"]] if reference == "sniper" else None
+        r["AP_interval_resamples"] = resamples
 
 
 def summarise(run: dict, n_images: int, repeats: int) -> dict:
@@ -177,6 +199,16 @@ def format_results(results: dict) -> str:
     return common.format_table(headers, rows)
 
 
+def format_intervals(results: dict) -> str:
+    """AP and AP - sniper with their 95% bootstrap intervals (add_intervals)."""
+    rows = [[name, f"{r['AP']:.1f}", f"{r['AP_interval'][0]:.1f} to {r['AP_interval'][1]:.1f}",
+             _opt(r["AP_vs_sniper"], "+.2f"),
+             "n/a" if r["AP_vs_sniper_interval"] is None else
+             f"{r['AP_vs_sniper_interval'][0]:+.2f} to {r['AP_vs_sniper_interval'][1]:+.2f}"]
+            for name, r in results.items()]
+    return common.format_table(["mode", "AP", "AP 95% interval", "AP - sniper", "95% interval"], rows)
+
+
 def format_scales(results: dict) -> str:
     """Chips an image and pixels as a fraction of sniper's total pixels, per scale (n/a without sniper)."""
     scales = len(next(iter(results.values()))["chips_per_image"])
@@ -218,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-all", action="store_true",
                    help="warm up on every image, not only the first batch (every input shape seen before timing: "
                         "CUDA graph captures, cuDNN algorithm choices)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="resamples of the paired bootstrap over images for the AP intervals (0: none)")
     p.add_argument("--json", help="also write the figures, machine and versions to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -239,13 +273,16 @@ def main(argv=None) -> int:
         modes = parse_modes(args.modes, len(engine.params.scales))
         eval_set = common.eval_set_from_args(args)
         results = benchmark(engine, eval_set, modes, args.repeats, args.batch, progress=not args.no_progress,
-                            warmup_all=args.warmup_all)
+                            warmup_all=args.warmup_all, bootstrap=args.bootstrap)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{len(eval_set.infos)} images from {eval_set.coco.annotations_path}; backend {engine.backend_name} on "
           f"{engine.device}; batch {args.batch}; {args.repeats} repeat(s); {common.machine()['cpu']}")
     print(format_results(results))
+    if args.bootstrap:
+        print(f"paired bootstrap over the {len(eval_set.infos)} images, {args.bootstrap} resamples:")
+        print(format_intervals(results))
     print(format_scales(results))
     print(format_stages(results))
     if args.json:

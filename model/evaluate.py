@@ -114,8 +114,9 @@ def chip_quality(chips: np.ndarray, gt_boxes: np.ndarray, image_hw) -> tuple[int
     return int(inside.sum()), len(gt_boxes), float(covered.mean()) if covered.size else 0.0
 
 
-def coco_metrics(coco_set, detections: dict[int, tuple]) -> dict:
-    """AP, AP50, APs, APm, APl (in %) from pycocotools for {image_id: (boxes, scores, labels)}."""
+def coco_eval(coco_set, detections: dict[int, tuple]):
+    """pycocotools' COCOeval of {image_id: (boxes, scores, labels)} after evaluate() (per image and
+    category; accumulate() not yet run), or None when there is no detection at all."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -127,14 +128,23 @@ def coco_metrics(coco_set, detections: dict[int, tuple]) -> dict:
         for (x1, y1, x2, y2), s, c in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
             results.append({"image_id": int(image_id), "category_id": cat_ids[int(c)],
                             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)})
-    names = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
     if not results:
-        return dict.fromkeys(names, 0.0)
+        return None
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, "bbox")
         ev.params.imgIds = sorted(detections)
         ev.evaluate()
+    return ev
+
+
+def coco_metrics(coco_set, detections: dict[int, tuple]) -> dict:
+    """AP, AP50, APs, APm, APl (in %) from pycocotools for {image_id: (boxes, scores, labels)}."""
+    names = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+    ev = coco_eval(coco_set, detections)
+    if ev is None:
+        return dict.fromkeys(names, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
         ev.accumulate()
         ev.summarize()
     return {name: round(100.0 * max(float(ev.stats[i]), 0.0), 2) for i, name in enumerate(names)}

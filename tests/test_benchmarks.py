@@ -408,3 +408,20 @@ def test_sahi_wrapper_is_the_engines_detector(tiny):
     for b, c in zip(got.boxes, got.labels):
         assert (tuple(np.round(b, 2)), int(c)) in expected
     assert model.pixels[0] == whole_image_pixels(*image.shape[:2], SCALES[2])
+
+
+def test_fps_bootstrap_intervals(tiny, tmp_path, capsys):
+    bundle, annotations, _ = tiny
+    out = tmp_path / "fps.json"
+    assert fps.main(["--bundle", bundle, "--annotations", annotations, "--repeats", "1", "--modes",
+                     "autofocus,sniper", "--bootstrap", "30", "--json", str(out), "--no-progress"]) == 0
+    assert "AP - sniper" in capsys.readouterr().out
+    modes = json.loads(out.read_text())["modes"]
+    for r in modes.values():
+        low, high = r["AP_interval"]
+        assert low <= high and r["AP_interval_resamples"] == 30
+        assert r["AP_vs_sniper_interval"][0] <= r["AP_vs_sniper_interval"][1]
+    assert modes["sniper"]["AP_vs_sniper"] == 0.0 and modes["sniper"]["AP_vs_sniper_interval"] == [0.0, 0.0]
+    # the point estimates are fps's own pycocotools AP
+    for r in modes.values():
+        assert r["AP_vs_sniper"] == pytest.approx(r["AP"] - modes["sniper"]["AP"], abs=0.01)
