@@ -34,8 +34,9 @@ def add_common_arguments(p) -> None:
     p.add_argument("--bundle", help=f"bundle folder (default {DEFAULT_BUNDLE})")
     p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: where the backend runs")
-    p.add_argument("--split", default="val", choices=("val", "tune"),
-                   help="which generated split (default val; tune: for choosing settings, see sweep.py)")
+    p.add_argument("--split", default="val", choices=("val", "tune", "test"),
+                   help="which generated split (default val; tune: for choosing settings, see sweep.py; test: "
+                        "1,000 images, for tighter AP figures)")
     p.add_argument("--annotations", help="COCO JSON (default: the generated --split)")
     p.add_argument("--images", help="image folder (default: <annotations folder>/images)")
     p.add_argument("--limit", type=int, help="the first N images only")

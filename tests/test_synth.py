@@ -173,7 +173,7 @@ class TestCliAndEnsure:
         assert len(list((out / "images").glob("*.jpg"))) == 3
 
     def test_cli_rejects_bad_split(self, tmp_path):
-        r = subprocess.run([sys.executable, "-m", "model.synth", "--split", "test", "--out", str(tmp_path)],
+        r = subprocess.run([sys.executable, "-m", "model.synth", "--split", "holdout", "--out", str(tmp_path)],
                            cwd=REPO, capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and "--split" in r.stderr
 
@@ -202,7 +202,7 @@ class TestCliAndEnsure:
 
     def test_ensure_split_rejects_unknown(self):
         with pytest.raises(ValueError, match="split"):
-            synth.ensure_split("test")
+            synth.ensure_split("holdout")
 
     def test_generate_split_rejects_bad_count(self, tmp_path):
         with pytest.raises(ValueError, match="count"):
