@@ -56,7 +56,10 @@ else
 fi
 
 # ---- the steps, run in the order of $STEPS ----
-FPS="$PY benchmarks/fps.py --backend torch --device cuda --split val --no-progress --warmup-all"
+# No AP bootstrap on the device (AP on CUDA is the CPU's; the bootstrap is host Python, about a minute of
+# device time a run): base adds the flag only where its tree knows it.
+FPS_ANY="$PY benchmarks/fps.py --backend torch --device cuda --split val --no-progress --warmup-all"
+FPS="$FPS_ANY --bootstrap 0"
 tests() {  # the CUDA tests (why we are here)
   took pytest-cuda timeout 240 $PY -m pytest -q -m cuda -p no:cacheprovider -x --durations=5 >>"$OUT/pytest.log" 2>&1
   tail -3 "$OUT/pytest.log" | tee -a "$SUMMARY"
@@ -93,8 +96,9 @@ base() {  # fps_b8 on an earlier tree in .gpu/base (an A/B on one machine; make 
   # `git archive REV runtime benchmarks model export pyproject.toml | tar -x -C .gpu/base`, checkpoints left out)
   [ -d .gpu/base/runtime ] || { step fps-b8-base "no .gpu/base/runtime: skipped"; return; }
   cp runtime/_C*.so .gpu/base/runtime/ && ln -sfn "$PWD/data" .gpu/base/data && ln -sfn "$PWD/bundles" .gpu/base/bundles
+  local fps="$FPS_ANY"; grep -q -- "--bootstrap" .gpu/base/benchmarks/fps.py && fps="$FPS"
   ( cd .gpu/base && export PYTHONPATH=$PWD${SITE:+:$SITE} \
-    && took fps-b8-base timeout 150 $FPS --repeats ${REPEATS:-3} --batch 8 --modes ${B8_MODES:-autofocus,sniper} \
+    && took fps-b8-base timeout 150 $fps --repeats ${REPEATS:-3} --batch 8 --modes ${B8_MODES:-autofocus,sniper} \
       --json "$OUT/fps_b8_base.json" >>"$OUT/bench.log" 2>&1 )
 }
 variants() {  # more fps runs, AutoFocus and sniper: VARIANTS="name:fps arguments;name:arguments" (fps_NAME.json)
