@@ -93,6 +93,8 @@ def benchmark(engine, eval_set: common.EvalSet, modes, repeats: int = 3, batch: 
         raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
+    if not isinstance(bootstrap, int) or bootstrap < 0:
+        raise ValueError(f"bootstrap: expected a number of resamples >= 0, got {bootstrap!r}")
     images = eval_set.images
     first = images if warmup_all else images[:batch]
     for _, mode, overrides in modes:  # warm-up, untimed

@@ -422,6 +422,8 @@ def test_fps_bootstrap_intervals(tiny, tmp_path, capsys):
         assert low <= high and r["AP_interval_resamples"] == 30
         assert r["AP_vs_sniper_interval"][0] <= r["AP_vs_sniper_interval"][1]
     assert modes["sniper"]["AP_vs_sniper"] == 0.0 and modes["sniper"]["AP_vs_sniper_interval"] == [0.0, 0.0]
+    assert fps.main(["--bundle", bundle, "--annotations", annotations, "--bootstrap", "-1", "--no-progress"]) == 2
+    assert "bootstrap" in capsys.readouterr().err
     # the point estimates are fps's own pycocotools AP
     for r in modes.values():
         assert r["AP_vs_sniper"] == pytest.approx(r["AP"] - modes["sniper"]["AP"], abs=0.01)
