@@ -82,8 +82,20 @@ def pixels(stats: dict) -> tuple[int, int]:
 
 def coco_metrics(eval_set: EvalSet, detections: dict) -> dict:
     """{image_id: Detections} -> AP, AP50, AP75, APs, APm, APl (%) from pycocotools."""
-    from model.evaluate import coco_metrics as evaluate
-    return evaluate(eval_set.coco, {i: (d.boxes, d.scores, d.labels) for i, d in detections.items()})
+    return metrics_of(coco_eval(eval_set, detections))
+
+
+def coco_eval(eval_set: EvalSet, detections: dict):
+    """{image_id: Detections} -> pycocotools' per-image matches (model.evaluate.coco_eval; None: no
+    detection at all), for metrics_of and a bootstrap (uncertainty.bootstrap_evals) without matching twice."""
+    from model.evaluate import coco_eval as match
+    return match(eval_set.coco, {i: (d.boxes, d.scores, d.labels) for i, d in detections.items()})
+
+
+def metrics_of(ev) -> dict:
+    """AP, AP50, AP75, APs, APm, APl (%) of coco_eval's result (model.evaluate.metrics_of)."""
+    from model.evaluate import metrics_of as metrics
+    return metrics(ev)
 
 
 def machine() -> dict:

@@ -117,22 +117,23 @@ def benchmark(engine, eval_set: common.EvalSet, modes, repeats: int = 3, batch: 
         finally:
             engine.sync_stages = False
     results = {name: summarise(run, len(images), repeats) for name, run in runs.items()}
-    for name, run in runs.items():
-        results[name].update(common.coco_metrics(eval_set, run["detections"]))
+    # pycocotools matches each mode's detections once; the metrics and the bootstrap share the matches.
+    evals = {name: common.coco_eval(eval_set, run["detections"]) for name, run in runs.items()}
+    for name, ev in evals.items():
+        results[name].update(common.metrics_of(ev))
     add_ratios(results)
     if bootstrap:
-        add_intervals(results, eval_set, {name: run["detections"] for name, run in runs.items()}, bootstrap)
+        add_intervals(results, evals, len(images), bootstrap)
     return results
 
 
-def add_intervals(results: dict, eval_set: common.EvalSet, detections: dict, resamples: int) -> None:
+def add_intervals(results: dict, evals: dict, n_images: int, resamples: int) -> None:
     """Each mode's AP and AP - sniper with their 95% intervals from a paired bootstrap over the images
-    (benchmarks/uncertainty.py): how far another draw of as many images could move them. Without
-    sniper, no gap: each mode's own AP interval only."""
-    reference = "sniper" if "sniper" in detections else next(iter(detections))
-    as_tuples = {name: {i: (d.boxes, d.scores, d.labels) for i, d in dets.items()} for name, dets in detections.items()}
-    intervals = uncertainty.paired_bootstrap(eval_set.coco, as_tuples, reference, resamples=resamples)
-    for name in detections:
+    (benchmarks/uncertainty.py) on each mode's pycocotools matches (common.coco_eval): how far another
+    draw of as many images could move them. Without sniper, no gap: each mode's own AP interval only."""
+    reference = "sniper" if "sniper" in evals else next(iter(evals))
+    intervals = uncertainty.bootstrap_evals(evals, n_images, reference, resamples=resamples)
+    for name in evals:
         r, b = results[name], intervals[name]
         r["AP_interval"] = [b["ap_low"], b["ap_high"]]
         r["AP_vs_sniper"] = b["ap_minus_reference"] if reference == "sniper" else None

@@ -4,7 +4,8 @@ device's kernels and the host's launches (torch.profiler), over a few batches of
     python benchmarks/hotspots.py --backend torch --device cuda --mode autofocus --batch 8 --limit 64
 
 Prints the top functions by own time and by cumulative time (the stages), then (on CUDA) the top
-operators by self CPU time and by self CUDA time. A warm-up pass over the same images runs first, untimed (CUDA graph captures, allocator).
+operators by self CPU time and by self CUDA time. A warm-up pass over the same images runs first,
+untimed (CUDA graph captures, allocator).
 """
 from __future__ import annotations
 

@@ -66,19 +66,26 @@ def paired_bootstrap(coco_set, detections: dict, reference: str, resamples: int 
                              "bootstrap needs the same images for every mode")
     if not ids:
         raise ValueError("detections: no images")
-    evals = {mode: coco_eval(coco_set, dets) for mode, dets in detections.items()}
+    return bootstrap_evals({mode: coco_eval(coco_set, dets) for mode, dets in detections.items()}, len(ids),
+                           reference, resamples, level, seed)
+
+
+def bootstrap_evals(evals: dict, n_images: int, reference: str, resamples: int = 1000, level: float = 0.95,
+                    seed: int = 0) -> dict:
+    """paired_bootstrap from each mode's coco_eval result ({mode: COCOeval after evaluate(), or None}), all
+    over the same n_images images: for a caller that has them already (fps.py scores its modes with them)."""
     rng = np.random.default_rng(seed)
-    samples = rng.integers(0, len(ids), size=(resamples, len(ids)))
-    full = np.arange(len(ids))
+    samples = rng.integers(0, n_images, size=(resamples, n_images))
+    full = np.arange(n_images)
     aps = {mode: np.array([resampled_ap(ev, s) for s in samples]) for mode, ev in evals.items()}
     point = {mode: resampled_ap(ev, full) for mode, ev in evals.items()}
     tails = 100.0 * np.array([(1.0 - level) / 2, (1.0 + level) / 2])
     out = {}
-    for mode in detections:
+    for mode in evals:
         gaps = aps[mode] - aps[reference]
         out[mode] = {"ap": point[mode], "ap_low": float(np.percentile(aps[mode], tails[0])),
                      "ap_high": float(np.percentile(aps[mode], tails[1])),
                      "ap_minus_reference": point[mode] - point[reference],
                      "low": float(np.percentile(gaps, tails[0])), "high": float(np.percentile(gaps, tails[1]))}
-    out["_bootstrap"] = {"resamples": resamples, "images": len(ids), "level": level, "reference": reference}
+    out["_bootstrap"] = {"resamples": resamples, "images": n_images, "level": level, "reference": reference}
     return out

@@ -140,8 +140,13 @@ def coco_eval(coco_set, detections: dict[int, tuple]):
 
 def coco_metrics(coco_set, detections: dict[int, tuple]) -> dict:
     """AP, AP50, APs, APm, APl (in %) from pycocotools for {image_id: (boxes, scores, labels)}."""
+    return metrics_of(coco_eval(coco_set, detections))
+
+
+def metrics_of(ev) -> dict:
+    """AP, AP50, AP75, APs, APm, APl (in %) of a coco_eval result (None: all 0). accumulate() and
+    summarize() leave its per-image results as they are, so it can be resampled afterwards."""
     names = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
-    ev = coco_eval(coco_set, detections)
     if ev is None:
         return dict.fromkeys(names, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):

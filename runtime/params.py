@@ -25,7 +25,8 @@ Names are the bundle.json keys (DESIGN.md: one name everywhere), plus the engine
                     size_divisor / factor original pixels, within the image), so that its input is an exact
                     window of that scale's whole-image input: the same resampling phase and stride grid as
                     the pyramid, whose detections it then reproduces (False by default: +0.5 AP on val but
-                    -0.2 on tune, for +4% padded pixels)
+                    -0.2 on tune, for +4% padded pixels; on 1,000 more tuning images on the chip parameters'
+                    own pixels-AP front)
     chips_on_host   on CUDA, run FocusChips (Algorithm 1) with the C++ kernels on a host copy of the
                     focus maps: the chips are read on the host anyway, and on small maps the C++ kernel
                     is faster than the CUDA one (one thread block per map)

@@ -137,3 +137,19 @@ def test_bootstrap_errors(tmp_path):
     ev = coco_eval(coco_set, dets["a"])
     with pytest.raises(ValueError, match="positions"):
         uncertainty.resampled_ap(ev, [0, N_IMAGES])
+
+
+def test_resampling_after_the_metrics_and_from_evals(tmp_path):
+    """fps.py scores a mode with metrics_of and then resamples the same COCOeval: the summary must not
+    change what a resample sees, and bootstrap_evals on those evals equals paired_bootstrap."""
+    from model.evaluate import metrics_of
+    coco, dets = _scene(6)
+    coco_set = _write(tmp_path, "gt.json", coco)
+    sample = np.random.default_rng(6).integers(0, N_IMAGES, N_IMAGES)
+    evals = {mode: coco_eval(coco_set, d) for mode, d in dets.items()}
+    before = uncertainty.resampled_ap(evals["b"], sample)
+    assert metrics_of(evals["b"])["AP"] == pytest.approx(_pycocotools_ap(coco, dets["b"]), abs=0.01)
+    assert uncertainty.resampled_ap(evals["b"], sample) == before
+    metrics_of(evals["a"])  # "a" summarised, "b" too (above): as fps.py leaves them
+    assert (uncertainty.bootstrap_evals(evals, N_IMAGES, "a", resamples=50, seed=3)
+            == uncertainty.paired_bootstrap(coco_set, dets, "a", resamples=50, seed=3))
