@@ -34,6 +34,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+if __package__ in (None, ""):  # run as `python benchmarks/fps.py`: the checkout's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from benchmarks import common, uncertainty
 from runtime.params import PADDINGS
 

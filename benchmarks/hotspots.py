@@ -14,6 +14,10 @@ import cProfile
 import io
 import pstats
 import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/hotspots.py`: the checkout's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common
 from benchmarks.fps import run_mode

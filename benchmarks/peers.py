@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+if __package__ in (None, ""):  # run as `python benchmarks/peers.py`: the checkout's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from benchmarks import common, fps
 
 SAHI_INSTALL = "pip install --no-deps sahi==0.12.8 shapely"

@@ -15,6 +15,9 @@ import json
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as `python benchmarks/settings.py`: the checkout's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from benchmarks import common, fps
 
 PADDINGS = ("bucket", "shared")

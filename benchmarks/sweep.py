@@ -37,6 +37,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+if __package__ in (None, ""):  # run as `python benchmarks/sweep.py`: the checkout's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from benchmarks import common
 
 DEFAULT_GRID = "t1=0.01,0.02,0.05,0.1;t2=0.1,0.2,0.3,0.5;d=1,3"

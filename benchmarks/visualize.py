@@ -18,6 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+if __package__ in (None, ""):  # run as `python benchmarks/visualize.py`: the checkout's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from benchmarks import common
 
 DEFAULT_OUT = "docs/figures/autofocus_example.png"

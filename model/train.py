@@ -390,8 +390,10 @@ def _read_checkpoint(path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint_path: no such file {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated/corrupt files raise many different errors
+        # weights_only: a checkpoint holds tensors, dicts, lists, strings and numbers; unpickling anything
+        # else could run code from the file.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated/corrupt files and disallowed objects raise many different errors
         raise ValueError(f"checkpoint_path: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or not {"model", "config", "classes"} <= set(state):
         raise ValueError(f"checkpoint_path: {path} lacks model/config/classes entries")

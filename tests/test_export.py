@@ -5,6 +5,7 @@ kernels. One randomly initialised bundle is built once for the module (the CLI, 
 import contextlib
 import io
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -141,6 +142,32 @@ def test_corrupt_and_missing_checkpoint(tmp_path):
     with contextlib.redirect_stderr(err):
         assert build_engine.main(["--checkpoint", str(bad), "--out", str(tmp_path / "b")]) == 1
     assert "broken.pt" in err.getvalue()
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle that creates a file when loaded: what torch.load(weights_only=False) would let a
+    downloaded 'checkpoint' do."""
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_loading_runs_no_code(tmp_path):
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "classes": [], "payload": _RunsCodeWhenUnpickled(marker)}, evil)
+    with pytest.raises(ValueError, match="evil.pt"):
+        build_engine.build_bundle(checkpoint=evil, out=tmp_path / "b", log=lambda s: None)
+    assert not marker.exists(), "loading the checkpoint ran code from it"
+    picture = tmp_path / "photo.jpg"
+    cv2.imwrite(str(picture), np.zeros((8, 8, 3), np.uint8))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert build_engine.main(["--checkpoint", str(picture), "--out", str(tmp_path / "b")]) == 1
+    assert "photo.jpg" in err.getvalue() and "not a readable checkpoint" in err.getvalue()
+    assert not (tmp_path / "b").exists()
 
 
 def test_unsupported_options(tmp_path):
