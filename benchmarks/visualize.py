@@ -92,13 +92,13 @@ def legend(width: int, finer_scales: int, score: float, thick: int) -> np.ndarra
 
 def visualize(engine, image: np.ndarray, score: float = 0.5, alpha: float = 0.5) -> tuple[np.ndarray, dict]:
     """Runs the engine (autofocus) on one BGR image and renders the figure; returns (BGR array, summary)."""
-    from runtime.cascade import resized_size, scale_factor
+    from runtime.geometry import resized_image_size, scale_factor
     record = []
     with common.network_tap(engine, record=record):
         det = engine(image, mode="autofocus")
     h, w = image.shape[:2]
     factor = scale_factor(h, w, engine.params.scales[0])
-    rh, rw = resized_size([0, 0, w, h], factor)
+    rh, rw = resized_image_size(h, w, factor)
     stride = engine.bundle.strides["focus"]
     focus = record[0][1]["focus"]  # the first call is scale 1 of the whole image
     focus = np.asarray(focus.detach().cpu() if hasattr(focus, "detach") else focus)

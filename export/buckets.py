@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.geometry import resized_image_size, scale_factor
+
 SIZE_DIVISOR = 32
 FOCUS_STRIDE = 16
 DEFAULT_SCALES = ((480, 512), (800, 1280), (1400, 2000))
@@ -48,15 +50,10 @@ def ceil_to(x, multiple: int):
     return -(-np.asarray(x) // multiple) * multiple
 
 
-def scale_factor(height: float, width: float, min_side: float, max_side: float) -> float:
-    """Resize factor of an image to a (min_side, max_side) scale: short side -> min_side unless the
-    long side would pass max_side."""
-    short, long = min(height, width), max(height, width)
-    return min(min_side / short, max_side / long)
-
-
 def resized(height: float, width: float, factor: float) -> tuple[int, int]:
-    return max(1, int(round(height * factor))), max(1, int(round(width * factor)))
+    """The runtime's resize rule (runtime.geometry), at least one pixel a side."""
+    h, w = resized_image_size(height, width, factor)
+    return max(1, h), max(1, w)
 
 
 def _check_scales(scales):
@@ -130,8 +127,8 @@ def min_chip_px(image_hw, scales, chip_params, scale_index: int) -> tuple[int, i
     """Smallest (h, w) a chip can have at scale `scale_index` (>= 1): k*16 px of the coarser scale's
     input (or that whole input where it is smaller), resized by the finer scale's factor."""
     h, w = image_hw
-    f_coarse = scale_factor(h, w, *scales[scale_index - 1])
-    f_fine = scale_factor(h, w, *scales[scale_index])
+    f_coarse = scale_factor(h, w, scales[scale_index - 1])
+    f_fine = scale_factor(h, w, scales[scale_index])
     k_px = chip_params[scale_index - 1]["min_size"] * FOCUS_STRIDE
     ch, cw = resized(h, w, f_coarse)
     side_h, side_w = min(k_px, ch) / f_coarse, min(k_px, cw) / f_coarse  # original pixels
@@ -147,9 +144,9 @@ def rule_sizes(scales=DEFAULT_SCALES, chip_params=DEFAULT_CHIP_PARAMS, image_siz
     image_sizes = synth_image_sizes(16) if image_sizes is None else image_sizes
     out = []
     for h, w in image_sizes:
-        out.append(resized(h, w, scale_factor(h, w, *scales[0])))
+        out.append(resized(h, w, scale_factor(h, w, scales[0])))
         for s in range(1, len(scales)):
-            full_h, full_w = resized(h, w, scale_factor(h, w, *scales[s]))
+            full_h, full_w = resized(h, w, scale_factor(h, w, scales[s]))
             min_h, min_w = min_chip_px((h, w), scales, chip_params, s)
             for ch in np.linspace(min_h, full_h, steps):
                 for cw in np.linspace(min_w, full_w, steps):
@@ -316,7 +313,7 @@ def cascade_input_sizes(image_hw, boxes, scales=DEFAULT_SCALES, chip_params=DEFA
     scales = _check_scales(scales)
     h, w = image_hw
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    factors = [scale_factor(h, w, *s) for s in scales]
+    factors = [scale_factor(h, w, s) for s in scales]
     sizes = [resized(h, w, factors[0])]
     regions = [(0.0, 0.0, float(w), float(h))]
     for s in range(1, len(scales)):

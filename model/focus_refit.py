@@ -38,9 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from runtime import ops
-from runtime.cascade import resized_size, scale_factor
+from runtime.geometry import padded_length, resized_image_size, scale_factor
 
-from model.chips import padded_size
 from model.data import load_coco
 from model.labels import FOCUS_IGNORE, focus_labels, focus_positive_spans
 from model.network import FOCUS_FEATURES, focus_input_channels
@@ -55,9 +54,9 @@ FOCUS_PREFIXES = ("focus_conv.", "focus_out.")  # the head's weights: the only o
 def inference_input(image_bgr: np.ndarray, factor: float, config: dict) -> tuple[torch.Tensor, tuple]:
     """The whole image as the runtime feeds it at `factor`: (1, 3, H32, W32) and its real (h, w)."""
     h, w = image_bgr.shape[:2]
-    size = resized_size((0, 0, w, h), factor)
+    size = resized_image_size(h, w, factor)
     inp = config["input"]
-    shape = (padded_size(size[0], inp["size_divisor"]), padded_size(size[1], inp["size_divisor"]))
+    shape = (padded_length(size[0], inp["size_divisor"]), padded_length(size[1], inp["size_divisor"]))
     x = ops.crop_resize(image_bgr, np.array([[0, 0, w, h]], np.float32), np.array([factor], np.float32),
                         shape, inp["mean_rgb"], inp["std_rgb"], bgr_to_rgb=True)
     return torch.as_tensor(x), size

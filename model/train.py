@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from runtime import ops
+from runtime.geometry import padded_length, resized_image_size, scale_factor
 
-from model.chips import (Chip, chip_boxes, negative_chips, padded_size, positive_chips,
-                         render_chip, scale_factor)
+from model.chips import Chip, chip_boxes, negative_chips, positive_chips, render_chip
 from model.config import load_config
 from model.labels import detection_targets, focus_labels, valid_range_mask
 from model.network import AutoFocusNet, build_model
@@ -215,8 +215,8 @@ def detect_resized(model: AutoFocusNet, image_bgr: np.ndarray, factor: float, co
                    score_threshold: float = 0.05, max_detections: int = 100):
     """Whole image resized by `factor` (padded to 32) -> boxes in ORIGINAL pixels, scores, labels, focus map."""
     h, w = image_bgr.shape[:2]
-    rh, rw = int(round(h * factor)), int(round(w * factor))
-    ph, pw = padded_size(rh, 32), padded_size(rw, 32)
+    rh, rw = resized_image_size(h, w, factor)
+    ph, pw = padded_length(rh, 32), padded_length(rw, 32)
     x = render_chip(image_bgr, factor, 0, 0, ph, pw)
     # Zero (normalised) padding beyond the resized image, as the runtime does.
     x[:, rh:, :] = 0
@@ -367,7 +367,7 @@ def mine_negative_chips(model: AutoFocusNet, coco, positives: list[Chip], config
             fp = valid_range_mask(boxes, vrange)
             if len(gb):
                 fp &= box_iou_np(boxes.astype(np.float64), gb).max(axis=1) < mc["iou_threshold"]
-            rh, rw = int(round(info["height"] * f)), int(round(info["width"] * f))
+            rh, rw = resized_image_size(info["height"], info["width"], f)
             negatives += negative_chips(idx, boxes[fp] * f, si, f, (rh, rw), positives, ch["chip_size"],
                                         ch["grid_stride"], mc["max_chips_per_image_scale"])
     model.train(was_training)

@@ -22,7 +22,6 @@ each chip then widens onto its scale's input grid (align_to_grid).
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from dataclasses import dataclass, replace
 
@@ -31,16 +30,10 @@ import torch
 
 from . import ops
 from .detections import Detections
+from .geometry import (Region, align_to_grid, merge_overlapping, region, resized_size, scale_factor,
+                       snap_to_parent)
 
 MODES = ("autofocus", "sniper", "single")
-
-
-@dataclass
-class Region:
-    image: int              # index into Context.images
-    box: np.ndarray         # (4,) float32 [x1, y1, x2, y2] in original image pixels
-    factor: float           # resize factor of its scale
-    size: tuple             # (height, width) after resizing, as ops.crop_resize computes it
 
 
 @dataclass
@@ -83,26 +76,6 @@ class Context:
 
 # ------------------------------------------------------------------------------------ geometry
 
-def scale_factor(height: int, width: int, scale) -> float:
-    """DESIGN.md: min(min_side / short side, max_side / long side); min_side < 0 (a training scale such
-    as (-1, 512)) bounds the long side only."""
-    if height <= 0 or width <= 0:
-        raise ValueError(f"height, width: expected positive sizes, got {height}x{width}")
-    min_side, max_side = scale
-    by_max = max_side / max(height, width)
-    if min_side is None or min_side < 0:
-        return float(by_max)
-    return float(min(min_side / min(height, width), by_max))
-
-
-def resized_size(box, factor: float) -> tuple:
-    """(height, width) of a box resized by factor, in float32 as ops.crop_resize computes it."""
-    b, f = np.asarray(box, np.float32), np.float32(factor)
-    h = np.floor((b[3] - b[1]) * f + np.float32(0.5))
-    w = np.floor((b[2] - b[0]) * f + np.float32(0.5))
-    return int(h), int(w)
-
-
 def input_shape(ctx: Context, size) -> tuple:
     """The padded network input holding a resized region: its bucket, or the next multiple of 32."""
     h, w = size
@@ -138,8 +111,7 @@ def whole_image_regions(ctx: Context, scale_index: int) -> list[Region]:
     for i, image in enumerate(ctx.images):
         h, w = image.shape[:2]
         f = scale_factor(h, w, ctx.params.scales[scale_index])
-        box = np.array([0, 0, w, h], np.float32)
-        regions.append(Region(i, box, f, resized_size(box, f)))
+        regions.append(region(i, (0, 0, w, h), f))
     return regions
 
 
@@ -160,43 +132,6 @@ def chip_regions(ctx: Context, chips_per_image: list, scale_index: int) -> list[
             if size[0] >= 1 and size[1] >= 1:
                 regions.append(Region(i, np.asarray(box, np.float32), f, size))
     return regions
-
-
-def align_to_grid(chips, step: float, image_hw) -> np.ndarray:
-    """Chip sides moved outward onto multiples of step (original pixels), within [0, w] x [0, h].
-    With step = size_divisor / factor, crop_resize samples a chip's input pixel u at x1 + (u + 0.5) / f
-    - 0.5 = ((u + x1 f) + 0.5) / f - 0.5, which for x1 f a multiple of size_divisor is pixel u + x1 f of
-    the whole image's input, on the same stride grid: inside the chip the network sees the pyramid's own
-    pixels. Unaligned, small objects shift by a fraction of a stride and their scores move, either way
-    (val: some 7-12 px objects scored 0.3-0.6 by the pyramid's scale 3 and 0.1-0.3 in chips that hold
-    them whole, as many the other way round). (M, 4) -> (M, 4) float32."""
-    b = np.asarray(chips, np.float64).reshape(-1, 4) / step
-    h, w = image_hw
-    eps = 1e-4  # a side already on the grid (up to float32 rounding) stays there
-    low = np.floor(b[:, :2] + eps) * step
-    high = np.ceil(b[:, 2:] - eps) * step
-    out = np.concatenate([np.maximum(low, 0), np.minimum(high, [w, h])], 1)
-    return out.astype(np.float32)
-
-
-def merge_overlapping(chips) -> np.ndarray:
-    """Replaces two overlapping chips by their enclosing rectangle while that has fewer pixels than the
-    two together; repeats until no pair qualifies. (M, 4) float32 -> (M', 4) float32."""
-    boxes = [np.asarray(c, np.float64) for c in chips]
-    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
-    merged = True
-    while merged:
-        merged = False
-        for i, j in itertools.combinations(range(len(boxes)), 2):
-            a, b = boxes[i], boxes[j]
-            if min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]):
-                union = np.array([min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])])
-                if area(union) < area(a) + area(b):
-                    boxes[i] = union
-                    del boxes[j]
-                    merged = True
-                    break
-    return np.asarray(boxes, np.float32).reshape(-1, 4)
 
 
 # ------------------------------------------------------------------------------------ one scale
@@ -335,17 +270,6 @@ def focus_chips_batch(ctx: Context, probs: torch.Tensor, regions: list[Region], 
     parents = [regions[idx[j]] for j in b]
     chips = snap_to_parent(chips, np.stack([p.box for p in parents]), np.array([p.factor for p in parents]))
     return [(p.image, box) for p, box in zip(parents, chips)]
-
-
-def snap_to_parent(chips: np.ndarray, parents: np.ndarray, factors) -> np.ndarray:
-    """Chip sides (M, 4) within one resized pixel (1 / factor) of their parent's sides (M, 4) are put on
-    them. Clipping to the parent's resized size ((y2 - y1) * f rounded) lands up to half a pixel short
-    of the parent's side in original pixels; left there, a chip flush with the image border would not
-    count as on it, and focus stacking would drop the detections that touch that border. float32, the
-    tolerance too."""
-    chips, parents = np.asarray(chips, np.float32).reshape(-1, 4), np.asarray(parents, np.float32).reshape(-1, 4)
-    tol = (1.0 / np.asarray(factors, np.float64)).astype(np.float32).reshape(-1, 1)
-    return np.where(np.abs(chips - parents) <= tol, parents, chips).astype(np.float32)
 
 
 def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params=None):
