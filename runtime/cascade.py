@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import ops
+from .batching import BatchRegions, BatchRules, plan_batches
 from .detections import Detections
 from .geometry import (Region, align_to_grid, merge_overlapping, region, resized_size, scale_factor,
                        snap_to_parent)
@@ -69,42 +70,17 @@ class Context:
                              self.device)
 
     @functools.cached_property
+    def batching(self) -> BatchRules:
+        """What batching needs of the bundle and the call's parameters."""
+        return BatchRules.of(self.bundle, self.params)
+
+    @functools.cached_property
     def image_hw(self) -> torch.Tensor:
         """(images, 2) [h, w] float32 on the device: each box's image size for stacking."""
         return self.image_bounds[:, [1, 0]].contiguous()
 
 
-# ------------------------------------------------------------------------------------ geometry
-
-def input_shape(ctx: Context, size) -> tuple:
-    """The padded network input holding a resized region: its bucket, or the next multiple of 32."""
-    h, w = size
-    if ctx.params.padding == "divisor":
-        div = ctx.bundle.input["size_divisor"]
-        return max(div, math.ceil(h / div) * div), max(div, math.ceil(w / div) * div)
-    for bh, bw in _buckets_by_area(ctx.bundle):
-        if bh >= h and bw >= w:
-            return bh, bw
-    raise ValueError(f"a {h} x {w} network input fits no bucket of the bundle ({ctx.bundle.buckets}): the scales "
-                     "exceed what the bundle was built for; use padding='divisor' (not with TensorRT) or rebuild "
-                     "the bundle for these scales")
-
-
-def max_batch(ctx: Context, shape) -> int:
-    """params.max_batch when set; else the max batch of the smallest bucket holding shape (1 when none does)."""
-    if ctx.params.max_batch is not None:
-        return ctx.params.max_batch
-    for (bh, bw), mb in zip(ctx.bundle.buckets, ctx.bundle.max_batch):
-        if (bh, bw) == tuple(shape):
-            return mb
-    holding = [(bh * bw, mb) for (bh, bw), mb in zip(ctx.bundle.buckets, ctx.bundle.max_batch)
-               if bh >= shape[0] and bw >= shape[1]]
-    return min(holding)[1] if holding else 1
-
-
-def _buckets_by_area(bundle):
-    return sorted((tuple(b) for b in bundle.buckets), key=lambda b: (b[0] * b[1], b[0], b[1]))
-
+# ------------------------------------------------------------------------------------ regions
 
 def whole_image_regions(ctx: Context, scale_index: int) -> list[Region]:
     regions = []
@@ -136,46 +112,6 @@ def chip_regions(ctx: Context, chips_per_image: list, scale_index: int) -> list[
 
 # ------------------------------------------------------------------------------------ one scale
 
-def plan_batches(ctx: Context, regions: list[Region]) -> list[tuple]:
-    """[(input shape, [region indices])]: regions grouped by padded input shape (images kept together
-    inside a group), each group split at its bucket's max batch; padding "shared": see _shared_batches."""
-    if ctx.params.padding == "shared":
-        return _shared_batches(ctx, regions)
-    groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(regions):
-        groups.setdefault(input_shape(ctx, r.size), []).append(i)
-    plan = []
-    for shape, idx in groups.items():
-        idx.sort(key=lambda i: regions[i].image)
-        step = max_batch(ctx, shape)
-        plan += [(shape, idx[k:k + step]) for k in range(0, len(idx), step)]
-    return plan
-
-
-SHARED_MIN_FILL = 0.5  # padding "shared": an input joins a batch whose bucket is at most 2x its own in area
-
-
-def _shared_batches(ctx: Context, regions: list[Region]) -> list[tuple]:
-    """Largest first: each batch takes the bucket of the largest input left and fills up to its max batch
-    with the next largest inputs that fit in it and whose own bucket has at least SHARED_MIN_FILL of its
-    area. On a GPU a network call costs far more than its pixels (H200, PyTorch eager: about 1.7 ms a
-    call at 0.2 and at 2.8 Mpx alike), so fewer calls win; the fill bound keeps a small chip from running
-    at the cost of a large one (H100, max_batch 16, no bound: 1.02 of sniper's padded pixels, not 0.70)."""
-    shapes = [input_shape(ctx, r.size) for r in regions]
-    area = [h * w for h, w in shapes]
-    left = sorted(range(len(regions)), key=lambda i: (-area[i], regions[i].image, i))
-    plan = []
-    while left:
-        shape = shapes[left[0]]
-        room = max_batch(ctx, shape)
-        take = [i for i in left if shapes[i][0] <= shape[0] and shapes[i][1] <= shape[1]
-                and area[i] >= SHARED_MIN_FILL * area[left[0]]][:room]
-        taken = set(take)
-        left = [i for i in left if i not in taken]
-        plan.append((shape, sorted(take, key=lambda i: (regions[i].image, i))))  # crop_batch: images together
-    return plan
-
-
 def crop_batch(ctx: Context, regions: list[Region], idx: list[int], shape) -> torch.Tensor:
     """One normalised network batch: ops.crop_resize_images over the batch's regions (one launch on CUDA,
     whichever images they come from)."""
@@ -185,29 +121,6 @@ def crop_batch(ctx: Context, regions: list[Region], idx: list[int], shape) -> to
     owners = np.array([regions[i].image for i in idx], np.int64)
     return ops.crop_resize_images(ctx.images, owners, boxes, factors, shape, norm["mean"], norm["std"],
                                   bgr_to_rgb=norm["image_order"] != norm["channel_order"])
-
-
-@dataclass
-class BatchRegions:
-    """The batch's regions as tensors, sent to the device in one copy (each small host-to-device copy
-    costs a GPU a call of its own): factors (n,), origins (n, 2) float32; sizes (n, 2) and owners
-    (n, 2: region index, image) int64. `host` keeps the float64 array for work done on the host."""
-    factors: torch.Tensor
-    origins: torch.Tensor
-    sizes: torch.Tensor
-    owners: torch.Tensor
-    host: np.ndarray
-
-    @staticmethod
-    def of(regions: list[Region], idx: list[int], device) -> "BatchRegions":
-        host = np.array([[regions[i].factor, regions[i].box[0], regions[i].box[1], *regions[i].size, i,
-                          regions[i].image] for i in idx], np.float64).reshape(-1, 7)
-        return BatchRegions.from_array(host, device)
-
-    @staticmethod
-    def from_array(host: np.ndarray, device) -> "BatchRegions":
-        t = ops.to_device(host, device)
-        return BatchRegions(t[:, 0].float(), t[:, 1:3].float(), t[:, 3:5].long(), t[:, 5:7].long(), host)
 
 
 def decode_batch(ctx: Context, out: dict, batch: BatchRegions) -> tuple[ScaleDetections, torch.Tensor]:
@@ -277,7 +190,7 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
     next scale, or None when chip_params is None)."""
     stats = ctx.stats
     parts, maps = [], []
-    for shape, idx in plan_batches(ctx, regions):
+    for shape, idx in plan_batches(regions, ctx.batching):
         with stats.stage("chips"):
             batch = crop_batch(ctx, regions, idx, shape)
             # Sent before the network call: a copy queued behind the network would wait for it.

@@ -11,7 +11,7 @@ import torch
 from engine_fixtures import TEST_SCALES, TEST_VALID_RANGES, ceil_to, resized, scale_factor, val_images
 from reference import (chips_to_image_reference, crop_resize_reference, decode_reference, focus_chips_reference,
                        paint_boxes_reference, stack_prune_reference)
-from runtime import cascade, geometry, ops
+from runtime import batching, cascade, geometry, ops
 from runtime.params import bundle_values, resolve
 from runtime.stats import RunStats
 
@@ -61,28 +61,28 @@ def test_resized_size_is_what_crop_resize_makes():
 
 def test_input_shape_buckets_and_divisor(bundle):
     ctx = _context(bundle, [(100, 100)], padding="bucket")
-    assert cascade.input_shape(ctx, (77, 128)) == (96, 128)
-    assert cascade.input_shape(ctx, (100, 100)) == (128, 128)
-    assert cascade.max_batch(ctx, (96, 128)) == 2
+    assert ctx.batching.input_shape((77, 128)) == (96, 128)
+    assert ctx.batching.input_shape((100, 100)) == (128, 128)
+    assert ctx.batching.batch_limit((96, 128)) == 2
     ctx = _context(bundle, [(100, 100)], padding="divisor")
-    assert cascade.input_shape(ctx, (77, 128)) == (96, 128)
-    assert cascade.input_shape(ctx, (1, 33)) == (32, 64)
+    assert ctx.batching.input_shape((77, 128)) == (96, 128)
+    assert ctx.batching.input_shape((1, 33)) == (32, 64)
     ctx = _context(bundle, [(100, 100)], padding="bucket")
     with pytest.raises(ValueError, match="fits no bucket"):
-        cascade.input_shape(ctx, (3000, 100))
+        ctx.batching.input_shape((3000, 100))
 
 
 def test_plan_batches_groups_by_shape_and_splits_at_max_batch(bundle):
     ctx = _context(bundle, [(100, 100)] * 3, padding="bucket")
     regions = [geometry.Region(i % 3, np.zeros(4, np.float32), 1.0, size)
                for i, size in enumerate([(77, 128), (90, 100), (70, 120), (60, 60), (96, 128)])]
-    plan = cascade.plan_batches(ctx, regions)
+    plan = batching.plan_batches(regions, ctx.batching)
     by_shape = {}
     for shape, idx in plan:
-        assert len(idx) <= cascade.max_batch(ctx, shape)
+        assert len(idx) <= ctx.batching.batch_limit(shape)
         by_shape.setdefault(shape, []).extend(idx)
         for i in idx:
-            assert cascade.input_shape(ctx, regions[i].size) == shape
+            assert ctx.batching.input_shape(regions[i].size) == shape
     assert sorted(i for idx in by_shape.values() for i in idx) == list(range(5))
     assert sorted(by_shape[(96, 128)]) == [0, 1, 2, 4] and len([p for p in plan if p[0] == (96, 128)]) == 2
     assert by_shape[(64, 64)] == [3]
@@ -92,21 +92,21 @@ def test_shared_batches_fill_the_largest_bucket_first(bundle):
     ctx = _context(bundle, [(100, 100)] * 3, padding="shared")
     sizes = [(77, 128), (90, 100), (70, 120), (60, 60), (96, 128), (30, 40), (128, 64), (20, 200)]
     regions = [geometry.Region(i % 3, np.zeros(4, np.float32), 1.0, size) for i, size in enumerate(sizes)]
-    plan = cascade.plan_batches(ctx, regions)
-    own_area = lambda r: math.prod(cascade.input_shape(ctx, r.size))  # noqa: E731
+    plan = batching.plan_batches(regions, ctx.batching)
+    own_area = lambda r: math.prod(ctx.batching.input_shape(r.size))  # noqa: E731
     placed = sorted(i for _, idx in plan for i in idx)
     assert placed == list(range(len(sizes)))  # every region exactly once
     for shape, idx in plan:
         assert shape in [tuple(b) for b in bundle.buckets]
-        assert len(idx) <= cascade.max_batch(ctx, shape)
+        assert len(idx) <= ctx.batching.batch_limit(shape)
         assert all(regions[i].size[0] <= shape[0] and regions[i].size[1] <= shape[1] for i in idx)
         assert [regions[i].image for i in idx] == sorted(regions[i].image for i in idx)  # images together
         # No input runs in a bucket of more than 1 / SHARED_MIN_FILL times its own bucket's area.
-        assert all(own_area(regions[i]) >= cascade.SHARED_MIN_FILL * shape[0] * shape[1] for i in idx)
+        assert all(own_area(regions[i]) >= batching.SHARED_MIN_FILL * shape[0] * shape[1] for i in idx)
     # The first batch is the largest bucket any region needs, and no more calls than bucket padding makes.
-    own = [cascade.input_shape(ctx, r.size) for r in regions]
+    own = [ctx.batching.input_shape(r.size) for r in regions]
     assert plan[0][0] == max(own, key=lambda s: s[0] * s[1])
-    bucket_plan = cascade.plan_batches(_context(bundle, [(100, 100)] * 3, padding="bucket"), regions)
+    bucket_plan = batching.plan_batches(regions, _context(bundle, [(100, 100)] * 3, padding="bucket").batching)
     assert len(plan) <= len(bucket_plan)
     # (77, 128) and (90, 100) both need the 96 x 128 bucket: one call; (60, 60) and (30, 40) share 64 x 64.
     assert any(sorted(idx) == [0, 1] for _, idx in plan) and [3, 5] in [sorted(idx) for _, idx in plan]
@@ -117,15 +117,15 @@ def test_max_batch_replaces_the_bundles_limit(bundle):
     regions = [geometry.Region(i % 3, np.zeros(4, np.float32), 1.0, size) for i, size in enumerate(sizes)]
     for limit in (1, 3, 16):
         ctx = _context(bundle, [(100, 100)] * 3, padding="shared", max_batch=limit)
-        assert cascade.max_batch(ctx, (96, 128)) == limit
-        plan = cascade.plan_batches(ctx, regions)
+        assert ctx.batching.batch_limit((96, 128)) == limit
+        plan = batching.plan_batches(regions, ctx.batching)
         assert sorted(i for _, idx in plan for i in idx) == list(range(len(sizes)))
         assert all(len(idx) <= limit for _, idx in plan)
         assert max(len(idx) for _, idx in plan) == min(limit, len(sizes)) or limit == 16
         if limit == 1:
             assert len(plan) == len(sizes)
-    default = cascade.plan_batches(_context(bundle, [(100, 100)] * 3, padding="shared"), regions)
-    assert len(cascade.plan_batches(ctx, regions)) < len(default)
+    default = batching.plan_batches(regions, _context(bundle, [(100, 100)] * 3, padding="shared").batching)
+    assert len(batching.plan_batches(regions, ctx.batching)) < len(default)
     for bad, error in ((0, ValueError), (2.5, TypeError), ("8", TypeError)):
         with pytest.raises(error, match="max_batch"):
             _context(bundle, [(100, 100)], max_batch=bad)
@@ -353,7 +353,7 @@ def test_paint_detections_selects_by_score_and_the_finer_scales_range(bundle):
     ctx = _context(bundle, [(400, 500)])
     regions = [geometry.Region(0, np.array([100, 50, 300, 250], np.float32), 2.0, (400, 400)),
                geometry.Region(0, np.array([0, 0, 500, 400], np.float32), 0.5, (200, 250))]
-    batch = cascade.BatchRegions.of(regions, [0, 1], "cpu")
+    batch = batching.BatchRegions.of(regions, [0, 1], "cpu")
     boxes = np.array([[110, 60, 130, 80],    # input 0, side 20, score 0.9: paints input cells x 1..3, y 1..3
                       [150, 100, 160, 110],  # side 10 (the range's low end), score 0.3: paints
                       [150, 150, 250, 240],  # side ~95: too big
