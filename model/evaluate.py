@@ -28,7 +28,7 @@ from runtime.geometry import padded_length, resized_image_size, scale_factor
 from .config import load_config
 from .data import load_coco, read_image
 from .synth import ensure_split
-from .train import load_model
+from .checkpoint import load_model
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default.pt"
 COCO_SMALL = 32.0  # sqrt(area) below which COCO calls an object small

@@ -40,10 +40,11 @@ import torch.nn.functional as F
 from runtime import ops
 from runtime.geometry import padded_length, resized_image_size, scale_factor
 
-from model.data import load_coco
 from model.labels import FOCUS_IGNORE, focus_labels, focus_positive_spans
 from model.network import FOCUS_FEATURES, focus_input_channels
-from model.train import load_model, load_split, read_image, save_checkpoint
+from model.checkpoint import load_model, read_checkpoint, save_checkpoint
+from model.data import load_coco, read_image
+from model.train import load_split
 
 DEFAULT_CHECKPOINT = Path("runs/default/final.pt")  # what `python -m model.train` writes
 DEFAULT_OUT = Path("runs/default/final_refit.pt")
@@ -272,7 +273,7 @@ def main(argv=None) -> int:
         d["perm"] = torch.randperm(len(d["labels"]))
     print(f"  {time.time() - t0:.0f} s", file=sys.stderr)
     history = refit(model, train, held, args.epochs, args.minutes, args.lr, progress=not args.quiet)
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    state = read_checkpoint(args.checkpoint)
     extra = {k: v for k, v in state.items() if k not in ("version", "model", "config", "classes")}
     extra["focus_refit"] = {"images": n, "held_out": n_held, "epochs_run": len(history["epochs"]),
                             "best_epoch": history["best_epoch"], "lr": args.lr, "balance": args.balance,

@@ -32,13 +32,12 @@ from torch.utils.data import DataLoader, Dataset
 from runtime import ops
 from runtime.geometry import padded_length, resized_image_size, scale_factor
 
+from model.checkpoint import read_checkpoint, save_checkpoint
 from model.chips import Chip, chip_boxes, negative_chips, positive_chips, render_chip
 from model.config import load_config
+from model.data import read_image
 from model.labels import detection_targets, focus_labels, valid_range_mask
 from model.network import AutoFocusNet, build_model
-
-CHECKPOINT_VERSION = 1
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -52,11 +51,6 @@ def load_split(split: str, root: str | Path | None = None):
     if path.is_dir():
         path = path / "annotations.json"
     return data.load_coco(path)
-
-
-def read_image(path):
-    from model import data
-    return data.read_image(path)
 
 
 class ChipDataset(Dataset):
@@ -374,43 +368,6 @@ def mine_negative_chips(model: AutoFocusNet, coco, positives: list[Chip], config
     return negatives
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, model, config: dict, classes: list[str], **extra) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "config": config,
-             "classes": list(classes), **extra}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
-
-
-def _read_checkpoint(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint_path: no such file {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated/corrupt files raise many different errors
-        raise ValueError(f"checkpoint_path: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or not {"model", "config", "classes"} <= set(state):
-        raise ValueError(f"checkpoint_path: {path} lacks model/config/classes entries")
-    return state
-
-
-def load_model(checkpoint_path) -> tuple[AutoFocusNet, dict]:
-    """(model in deploy mode, config with "classes") from a checkpoint written by training."""
-    state = _read_checkpoint(checkpoint_path)
-    config = dict(state["config"])
-    config["classes"] = list(state["classes"])
-    model = build_model(config, len(config["classes"]))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ValueError(f"checkpoint_path: {checkpoint_path} weights do not fit the configured network ({e})") from e
-    return model.deploy(), config
-
-
 # ----------------------------------------------------------------------------- training loop
 
 def lr_at(step: int, progress: float, optim_cfg: dict) -> float:
@@ -469,7 +426,7 @@ def train(config: dict, run_dir: Path, resume: bool = False, train_set=None, val
 
     step, phase, train_elapsed, negatives, history = 0, 1, 0.0, [], []
     if resume and last_path.is_file():
-        state = _read_checkpoint(last_path)
+        state = read_checkpoint(last_path)
         model.load_state_dict(state["model"])
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
