@@ -39,7 +39,7 @@ DEFAULT_CHIP_PARAMS = tuple(dict(c) for c in _INFERENCE["chip_params"])
 SYNTH_WIDTHS = (560, 720)
 SYNTH_HEIGHTS = (400, 520)
 MAX_BUCKETS = 16
-SMALL_OBJECT_PX = (5.0, 64.0)  # FocusPixel "small" rule (DESIGN.md): sqrt(area after scaling)
+SMALL_OBJECT_PX = (5.0, 64.0)  # FocusPixel "small" rule (docs/design.md): sqrt(area after scaling)
 
 
 def ceil_to(x, multiple: int):

@@ -1,4 +1,4 @@
-"""Checkpoint -> deployable bundle (docs: DESIGN.md "bundle"; schema: runtime/bundle.py).
+"""Checkpoint -> deployable bundle (docs: docs/design.md "bundle"; schema: runtime/bundle.py).
 
     python export/build_engine.py                     # model/checkpoints/default.pt -> bundles/default/
     python export/build_engine.py --random-init --out /tmp/b      # no trained model needed
@@ -58,7 +58,7 @@ def load_network(checkpoint=DEFAULT_CHECKPOINT, random_init: bool = False, seed:
 
 def cascade_parameters(config: dict) -> dict:
     """Bundle fields (scales, valid ranges, chip/soft-NMS parameters, input normalisation) from the
-    model configuration where it sets them; the Bundle's defaults (DESIGN.md) otherwise."""
+    model configuration where it sets them; the Bundle's defaults (docs/design.md) otherwise."""
     fields = {}
     inp = config.get("input", {})
     if "mean_rgb" in inp and "std_rgb" in inp:

@@ -60,7 +60,7 @@ def _default_input():
 class Bundle:
     """Everything the runtime needs besides the artefacts themselves. Field names are the JSON keys.
 
-    Defaults are DESIGN.md's reference values (the authors' AutoFocus configuration)."""
+    Defaults are docs/design.md's reference values (the authors' AutoFocus configuration)."""
     classes: list
     buckets: list                      # [[height, width], ...] multiples of 32, smallest area first
     max_batch: list                    # one int per bucket: the largest batch its profile accepts

@@ -1,4 +1,4 @@
-"""The AutoFocus cascade (DESIGN.md "The cascade"), as named stages over a batch of images.
+"""The AutoFocus cascade (docs/design.md "The cascade"), as named stages over a batch of images.
 
     whole_image_regions -> run_scale (crop_batch -> network -> decode_batch [-> paint_detections ->
         focus_chips_batch]) -> stack (clip to the image, ops.stack_prune: SNIP valid range + focus
@@ -242,7 +242,7 @@ def _clip_to_images(ctx: Context, dets: ScaleDetections) -> torch.Tensor:
 
 
 def stack(ctx: Context, dets: ScaleDetections, regions: list[Region], valid_range) -> ScaleDetections:
-    """Focus stacking of one scale (DESIGN.md): boxes clipped to their image, then ops.stack_prune with
+    """Focus stacking of one scale (docs/design.md): boxes clipped to their image, then ops.stack_prune with
     each box's own chip and image: dropped (keep False) when cut by a chip side that is not an image
     side, or when sqrt(area) (of the box clipped to the image) is outside the scale's valid range. One
     launch for all images of the batch."""

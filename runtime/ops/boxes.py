@@ -157,7 +157,7 @@ def _soft_nms_options(method, sigma, iou_threshold, score_threshold, max_output)
 
 def soft_nms(boxes, scores, labels=None, method="gaussian", sigma=0.55, iou_threshold=0.3,
              score_threshold=0.001, max_output=None):
-    """Soft-NMS (Bodla et al. 2017) as in DESIGN.md: repeatedly take the remaining box with the highest
+    """Soft-NMS (Bodla et al. 2017) as in docs/design.md: repeatedly take the remaining box with the highest
     current score (ties: lower index), output it, and multiply the score of every other remaining box (of
     the same label, unless labels is None) by gaussian exp(-iou^2 / sigma), linear (1 - iou if iou >
     iou_threshold else 1) or hard (0 if iou > iou_threshold else 1); boxes whose score is (or falls)
@@ -235,7 +235,7 @@ def soft_nms_segments(boxes, scores, offsets, labels=None, method="gaussian", si
 
 
 def stack_prune(boxes, chip, image_size, valid_range=None):
-    """Which detections survive focus stacking (DESIGN.md "Focus stacking rules").
+    """Which detections survive focus stacking (docs/design.md "Focus stacking rules").
 
     boxes (N, 4) float32 in original-image pixels; chip (4,) float32 (one chip for all boxes) or (N, 4)
     (the chip of each box), in original-image pixels; image_size = (height, width); valid_range = (lo, hi)

@@ -94,7 +94,7 @@ def _focus_chips(probs, valid_hw: np.ndarray, threshold, dilation, min_size, nam
 
 
 def focus_chips(prob, threshold: float, dilation: int, min_size: int):
-    """FocusChips, Algorithm 1 of DESIGN.md, on one (H, W) float32 focus map.
+    """FocusChips, Algorithm 1 of docs/design.md, on one (H, W) float32 focus map.
 
     binary = prob >= threshold (compared in float32); dilate with a dilation x dilation square; one
     enclosing rectangle per 8-connected component; grow each about its centre to at least
