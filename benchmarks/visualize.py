@@ -138,9 +138,8 @@ def main(argv=None) -> int:
         engine = common.open_engine(args.bundle, args.backend, args.device)
         path = Path(args.image) if args.image else default_image()
         canvas, summary = visualize(engine, read_image(path), args.score, args.alpha)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except common.USER_ERRORS as e:
+        return common.user_error(e)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), canvas):
