@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,29 @@ def add_common_arguments(p) -> None:
     p.add_argument("--annotations", help="COCO JSON (default: the generated --split)")
     p.add_argument("--images", help="image folder (default: <annotations folder>/images)")
     p.add_argument("--limit", type=int, help="the first N images only")
+
+
+def add_output_arguments(p, what: str = "the figures", progress: bool = True) -> None:
+    """--json FILE (also write `what` there) and, for scripts with a progress bar, --no-progress."""
+    p.add_argument("--json", help=f"also write {what} to this file")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def write_json(path, record: dict) -> None:
+    """The --json file, when one was asked for."""
+    if path:
+        Path(path).write_text(json.dumps(record, indent=2))
+
+
+# Bad arguments or input: main prints the message and returns USER_ERROR_STATUS, without a traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+USER_ERROR_STATUS = 2
+
+
+def user_error(e: Exception) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return USER_ERROR_STATUS
 
 
 def load_eval_set(annotations=None, images_dir=None, limit: int | None = None, split: str = "val") -> EvalSet:

@@ -26,11 +26,9 @@ as many images from the same scenes could move them. A gap whose interval holds 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -258,8 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "CUDA graph captures, cuDNN algorithm choices)")
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="resamples of the paired bootstrap over images for the AP intervals (0: none)")
-    p.add_argument("--json", help="also write the figures, machine and versions to this file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_output_arguments(p, "the figures, machine and versions")
     return p
 
 
@@ -280,9 +277,8 @@ def main(argv=None) -> int:
         eval_set = common.eval_set_from_args(args)
         results = benchmark(engine, eval_set, modes, args.repeats, args.batch, progress=not args.no_progress,
                             warmup_all=args.warmup_all, bootstrap=args.bootstrap)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except common.USER_ERRORS as e:
+        return common.user_error(e)
     print(f"{len(eval_set.infos)} images from {eval_set.coco.annotations_path}; backend {engine.backend_name} on "
           f"{engine.device}; batch {args.batch}; {args.repeats} repeat(s); {common.machine()['cpu']}")
     print(format_results(results))
@@ -300,7 +296,7 @@ def main(argv=None) -> int:
                   "batch": args.batch, "repeats": args.repeats,
                   "machine": common.machine(), "versions": common.versions(),
                   "bundle_build": engine.bundle.to_dict().get("build"), "modes": results}
-        Path(args.json).write_text(json.dumps(record, indent=2))
+        common.write_json(args.json, record)
     return 0
 
 

@@ -34,9 +34,8 @@ def main(argv=None) -> int:
     try:
         engine = common.open_engine(args.bundle, args.backend, args.device)
         images = common.eval_set_from_args(args).images
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except common.USER_ERRORS as e:
+        return common.user_error(e)
     run_mode(engine, images, args.mode, {}, args.batch)  # warm-up
     profiler = cProfile.Profile()
     profiler.enable()

@@ -27,11 +27,9 @@ summed over SAHI's detector calls). AP from pycocotools on the first repeat's de
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -203,8 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep --postprocess even below SAHI's low-confidence limit (0.1)")
     p.add_argument("--confidence", type=float, help="detector score floor (default: the bundle's decode threshold)")
     p.add_argument("--detector-scale", type=int, help="engine scale each SAHI input runs at (default: the finest)")
-    p.add_argument("--json", help="also write the figures, settings, machine and versions to this file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_output_arguments(p, "the figures, settings, machine and versions")
     return p
 
 
@@ -234,9 +231,8 @@ def main(argv=None) -> int:
                     "detector_scale": scale, "detector_scale_size": list(engine.params.scales[scale - 1])}
         eval_set = common.eval_set_from_args(args)
         results = compare(engine, eval_set, settings, args.modes, args.repeats, progress=not args.no_progress)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except common.USER_ERRORS as e:
+        return common.user_error(e)
     import sahi
     print(f"{len(eval_set.infos)} images from {eval_set.coco.annotations_path}; backend {engine.backend_name} on "
           f"{engine.device}; {args.repeats} repeat(s)")
@@ -249,7 +245,7 @@ def main(argv=None) -> int:
                   "images": len(eval_set.infos), "backend": engine.backend_name, "device": engine.device,
                   "repeats": args.repeats, "sahi": settings, "machine": common.machine(),
                   "versions": common.versions(extra=("sahi", "shapely")), "methods": results}
-        Path(args.json).write_text(json.dumps(record, indent=2))
+        common.write_json(args.json, record)
     return 0
 
 

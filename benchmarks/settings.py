@@ -11,9 +11,6 @@ each setting's milliseconds per image by stage.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python benchmarks/settings.py`: the checkout's root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,15 +45,14 @@ def main(argv=None) -> int:
     common.add_common_arguments(p)
     p.add_argument("--batch", type=int, default=1, help="images per engine call")
     p.add_argument("--repeats", type=int, default=2, help="timed passes over the images per setting")
-    p.add_argument("--json", help="also write the figures to this file")
+    common.add_output_arguments(p, progress=False)
     args = p.parse_args(argv)
     try:
         engine = common.open_engine(args.bundle, args.backend, args.device)
         eval_set = common.eval_set_from_args(args)
         results = fps.benchmark(engine, eval_set, settings_modes(), args.repeats, args.batch, progress=False)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except common.USER_ERRORS as e:
+        return common.user_error(e)
     print(f"{len(eval_set.infos)} images; backend {engine.backend_name} on {engine.device}; batch {args.batch}; "
           f"{args.repeats} repeat(s); {common.machine()['cpu']}")
     print(fps.format_results(results))
@@ -64,11 +60,9 @@ def main(argv=None) -> int:
     print(common.format_table(["setting", "ms/image", "network", "chips", "postprocess"],
                               [[n, f"{s['total']:.2f}", *(f"{s.get(k, 0):.2f}" for k in ("network", "chips", "postprocess"))]
                                for n, s in stages.items()]))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"images": len(eval_set.infos), "backend": engine.backend_name,
-                                               "device": engine.device, "batch": args.batch,
-                                               "machine": common.machine(), "versions": common.versions(),
-                                               "settings": results, "ms_per_image": stages}, indent=2))
+    common.write_json(args.json, {"images": len(eval_set.infos), "backend": engine.backend_name,
+                                  "device": engine.device, "batch": args.batch, "machine": common.machine(),
+                                  "versions": common.versions(), "settings": results, "ms_per_image": stages})
     return 0
 
 

@@ -304,11 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-loss", type=float, help="print the cheapest setting within this many AP points of "
                                                   "sniper (e.g. 0.5)")
     p.add_argument("--png", default="docs/figures/sweep.png", help="plot file (default docs/figures/sweep.png)")
-    p.add_argument("--json", help="also write every point to this file")
     p.add_argument("--all", action="store_true", help="print every setting, not only the Pareto front")
     p.add_argument("--breakdown", action="store_true",
                    help="also run each transition opened alone and all open: the AP each transition costs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_output_arguments(p, "every point")
     return p
 
 
@@ -329,9 +328,8 @@ def main(argv=None) -> int:
             cheapest_within_loss([], 0.0, args.max_loss)
         eval_set = common.eval_set_from_args(args)
         result = sweep(engine, eval_set, settings, progress=not args.no_progress)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except common.USER_ERRORS as e:
+        return common.user_error(e)
     points = result["points"]
     front = pareto_front(points)
     best = best_within_budget(points, args.budget) if args.budget is not None else None
@@ -387,7 +385,7 @@ def main(argv=None) -> int:
                   "best_within_budget": best["name"] if best else None, "max_loss": args.max_loss,
                   "cheapest_within_loss": cheapest["name"] if cheapest else None, "bundle_setting": default_name,
                   "breakdown": rows}
-        Path(args.json).write_text(json.dumps(record, indent=2))
+        common.write_json(args.json, record)
     return 0
 
 

@@ -95,13 +95,13 @@ def legend(width: int, finer_scales: int, score: float, thick: int) -> np.ndarra
 
 def visualize(engine, image: np.ndarray, score: float = 0.5, alpha: float = 0.5) -> tuple[np.ndarray, dict]:
     """Runs the engine (autofocus) on one BGR image and renders the figure; returns (BGR array, summary)."""
-    from runtime.cascade import resized_size, scale_factor
+    from runtime.geometry import resized_image_size, scale_factor
     record = []
     with common.network_tap(engine, record=record):
         det = engine(image, mode="autofocus")
     h, w = image.shape[:2]
     factor = scale_factor(h, w, engine.params.scales[0])
-    rh, rw = resized_size([0, 0, w, h], factor)
+    rh, rw = resized_image_size(h, w, factor)
     stride = engine.bundle.strides["focus"]
     focus = record[0][1]["focus"]  # the first call is scale 1 of the whole image
     focus = np.asarray(focus.detach().cpu() if hasattr(focus, "detach") else focus)
@@ -141,9 +141,8 @@ def main(argv=None) -> int:
         engine = common.open_engine(args.bundle, args.backend, args.device)
         path = Path(args.image) if args.image else default_image()
         canvas, summary = visualize(engine, read_image(path), args.score, args.alpha)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except common.USER_ERRORS as e:
+        return common.user_error(e)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), canvas):

@@ -1,5 +1,5 @@
 // The only file that includes pybind11: one m.def per op. CPU entry points take NumPy arrays (checked
-// for dtype and layout by runtime/ops.py, converted to raw pointers here); CUDA entry points take device
+// for dtype and layout by runtime/ops/, converted to raw pointers here); CUDA entry points take device
 // pointers as integers plus the CUDA stream, so the extension never links libtorch.
 #include <algorithm>
 #include <optional>
@@ -184,7 +184,7 @@ PYBIND11_MODULE(_C, m) {
   }
 
   // ---- box ops: decode, nms, soft_nms, stack_prune, top_k ----
-  // CPU: C-contiguous arrays of the right dtype (checked in runtime/ops.py; pybind11 refuses others
+  // CPU: C-contiguous arrays of the right dtype (checked in runtime/ops/; pybind11 refuses others
   // instead of converting). Data-dependent sizes: computed into full-size buffers, returned trimmed.
   using F32 = py::array_t<float, py::array::c_style>;
   using I64 = py::array_t<int64_t, py::array::c_style>;
@@ -280,7 +280,7 @@ PYBIND11_MODULE(_C, m) {
     return out;
   });
 #ifdef WITH_CUDA
-  // CUDA: device pointers as integers and the stream; outputs preallocated by runtime/ops.py.
+  // CUDA: device pointers as integers and the stream; outputs preallocated by runtime/ops/.
   using Ptr = std::uintptr_t;
   m.def("decode_cuda", [](Ptr scores, Ptr ltrb, int64_t n, int64_t c, int64_t h, int64_t w, float stride,
                           double score_threshold, int64_t max_candidates, Ptr scales, Ptr offsets, Ptr out_boxes,

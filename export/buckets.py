@@ -23,40 +23,33 @@ from pathlib import Path
 
 import numpy as np
 
+from model.config import load_config
+from runtime import ops
+from runtime.geometry import resized_image_size, resized_size, scale_factor, snap_to_parent
+
 SIZE_DIVISOR = 32
 FOCUS_STRIDE = 16
-DEFAULT_SCALES = ((480, 512), (800, 1280), (1400, 2000))
-# Per transition (scale s -> s+1): FocusPixel threshold t, dilation d, min chip size k in stride-16 cells.
-# The setting DEFAULT_BUCKETS below was fitted with (an earlier model's default); the shipped model's own
-# are in model/configs/default.json "inference" (chosen with benchmarks/sweep.py) and go to bundle.json.
-DEFAULT_CHIP_PARAMS = ({"threshold": 0.03, "dilation": 1, "min_size": 5},
-                       {"threshold": 0.15, "dilation": 3, "min_size": 6})
+# The scales and, per transition (scale s -> s+1), the FocusPixel threshold t, dilation d and min chip
+# size k in stride-16 cells: the shipped model's own, model/configs/default.json "inference" (their one
+# definition; chosen with benchmarks/sweep.py), which also go to bundle.json.
+_INFERENCE = load_config()["inference"]
+DEFAULT_SCALES = tuple(tuple(s) for s in _INFERENCE["scales"])
+DEFAULT_CHIP_PARAMS = tuple(dict(c) for c in _INFERENCE["chip_params"])
 # The synthetic data's image sizes (model/synth.py): width 560-720, height 400-520, 15% portrait.
 SYNTH_WIDTHS = (560, 720)
 SYNTH_HEIGHTS = (400, 520)
 MAX_BUCKETS = 16
-# The shipped bucket set for DEFAULT_SCALES / DEFAULT_CHIP_PARAMS: make_buckets(sizes=..., multiple=32)
-# fitted on the network inputs the shipped model's cascade ran on the first 200 synthetic TRAIN images
-# (2,073 inputs); padding waste 1.22 there and 1.23 on 100 val images (981 inputs).
-DEFAULT_BUCKETS = ((192, 192), (224, 224), (288, 320), (352, 384), (384, 512), (480, 512), (512, 480), (672, 512),
-                   (448, 800), (800, 800), (800, 1056), (800, 1280), (1280, 800), (1184, 1280), (1408, 2016),
-                   (2016, 1408))
-SMALL_OBJECT_PX = (5.0, 64.0)  # FocusPixel "small" rule (DESIGN.md): sqrt(area after scaling)
+SMALL_OBJECT_PX = (5.0, 64.0)  # FocusPixel "small" rule (docs/design.md): sqrt(area after scaling)
 
 
 def ceil_to(x, multiple: int):
     return -(-np.asarray(x) // multiple) * multiple
 
 
-def scale_factor(height: float, width: float, min_side: float, max_side: float) -> float:
-    """Resize factor of an image to a (min_side, max_side) scale: short side -> min_side unless the
-    long side would pass max_side."""
-    short, long = min(height, width), max(height, width)
-    return min(min_side / short, max_side / long)
-
-
 def resized(height: float, width: float, factor: float) -> tuple[int, int]:
-    return max(1, int(round(height * factor))), max(1, int(round(width * factor)))
+    """The runtime's resize rule (runtime.geometry), at least one pixel a side."""
+    h, w = resized_image_size(height, width, factor)
+    return max(1, h), max(1, w)
 
 
 def _check_scales(scales):
@@ -130,8 +123,8 @@ def min_chip_px(image_hw, scales, chip_params, scale_index: int) -> tuple[int, i
     """Smallest (h, w) a chip can have at scale `scale_index` (>= 1): k*16 px of the coarser scale's
     input (or that whole input where it is smaller), resized by the finer scale's factor."""
     h, w = image_hw
-    f_coarse = scale_factor(h, w, *scales[scale_index - 1])
-    f_fine = scale_factor(h, w, *scales[scale_index])
+    f_coarse = scale_factor(h, w, scales[scale_index - 1])
+    f_fine = scale_factor(h, w, scales[scale_index])
     k_px = chip_params[scale_index - 1]["min_size"] * FOCUS_STRIDE
     ch, cw = resized(h, w, f_coarse)
     side_h, side_w = min(k_px, ch) / f_coarse, min(k_px, cw) / f_coarse  # original pixels
@@ -147,9 +140,9 @@ def rule_sizes(scales=DEFAULT_SCALES, chip_params=DEFAULT_CHIP_PARAMS, image_siz
     image_sizes = synth_image_sizes(16) if image_sizes is None else image_sizes
     out = []
     for h, w in image_sizes:
-        out.append(resized(h, w, scale_factor(h, w, *scales[0])))
+        out.append(resized(h, w, scale_factor(h, w, scales[0])))
         for s in range(1, len(scales)):
-            full_h, full_w = resized(h, w, scale_factor(h, w, *scales[s]))
+            full_h, full_w = resized(h, w, scale_factor(h, w, scales[s]))
             min_h, min_w = min_chip_px((h, w), scales, chip_params, s)
             for ch in np.linspace(min_h, full_h, steps):
                 for cw in np.linspace(min_w, full_w, steps):
@@ -248,12 +241,7 @@ def _refine_by_swaps(chosen, n_fixed, uniq, counts, cand, fits, rounds: int = 10
 
 
 def default_buckets(scales=DEFAULT_SCALES, chip_params=DEFAULT_CHIP_PARAMS) -> list[tuple[int, int]]:
-    """DEFAULT_BUCKETS for the default scales and chip rules; make_buckets(scales, chip_params) (fitted
-    to the sizes the rules allow) for any others."""
-    same_scales = [tuple(map(float, s)) for s in scales] == [tuple(map(float, s)) for s in DEFAULT_SCALES]
-    same_chips = [dict(c) for c in chip_params] == [dict(c) for c in DEFAULT_CHIP_PARAMS]
-    if same_scales and same_chips:
-        return sorted(DEFAULT_BUCKETS, key=lambda b: (b[0] * b[1], b[0], b[1]))
+    """The bundle's buckets: make_buckets(scales, chip_params), fitted to the sizes the rules allow."""
     return make_buckets(scales, chip_params)
 
 
@@ -269,7 +257,6 @@ def max_batch_per_bucket(buckets, max_batch: int, reference_px: int = 512 * 512)
 
 def _focus_chips_cells(prob: np.ndarray, threshold: float, dilation: int, min_size: int) -> np.ndarray:
     """Algorithm 1 in map cells: runtime.ops.focus_chips, the engine's own."""
-    from runtime import ops
     return np.asarray(ops.focus_chips(prob.astype(np.float32), threshold, dilation, min_size))
 
 
@@ -291,22 +278,15 @@ def _paint_focus(boxes: np.ndarray, region, factor: float, map_hw) -> np.ndarray
     return prob
 
 
-def _chip_region(cells, region, factor: float, input_hw, min_px: int):
-    """Cells -> pixels of the coarse input, clipped to it keeping >= min_px where it allows -> original."""
-    x1, y1, x2, y2 = (int(v) * FOCUS_STRIDE for v in cells)
-    ih, iw = input_hw
-    out = []
-    for a, b, limit in ((x1, x2, iw), (y1, y2, ih)):
-        a, b = max(0, a), min(limit, b)
-        need = min(min_px, limit) - (b - a)
-        if need > 0:  # grow inward from the border that clipped it
-            a, b = max(0, a - need), min(limit, b + need)
-            if b - a < min(min_px, limit):
-                a, b = (0, min(min_px, limit)) if a == 0 else (limit - min(min_px, limit), limit)
-        out.append((a, b))
-    (a_x, b_x), (a_y, b_y) = out
-    ox, oy = region[0], region[1]
-    return (ox + a_x / factor, oy + a_y / factor, ox + b_x / factor, oy + b_y / factor)
+def _chip_regions(cells: np.ndarray, region, factor: float, input_hw, min_size: int) -> np.ndarray:
+    """Cells of a region's focus map -> chips in original pixels, by the engine's own code (the cascade's
+    focus_chips_batch): ops.chips_to_image (clipped to the input, grown back to min_size cells) and
+    geometry.snap_to_parent, with the factor and origin in float32 as the cascade sends them."""
+    cells = np.asarray(cells, np.int32).reshape(-1, 4)
+    origin = np.array(region[:2], np.float32)
+    chips = ops.chips_to_image(cells, FOCUS_STRIDE, np.float32(factor), input_hw, min_size, origin)
+    parents = np.tile(np.asarray(region, np.float32), (len(chips), 1))
+    return snap_to_parent(chips, parents, np.full(len(chips), factor))
 
 
 def cascade_input_sizes(image_hw, boxes, scales=DEFAULT_SCALES, chip_params=DEFAULT_CHIP_PARAMS) -> list:
@@ -316,20 +296,22 @@ def cascade_input_sizes(image_hw, boxes, scales=DEFAULT_SCALES, chip_params=DEFA
     scales = _check_scales(scales)
     h, w = image_hw
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    factors = [scale_factor(h, w, *s) for s in scales]
+    factors = [scale_factor(h, w, s) for s in scales]
     sizes = [resized(h, w, factors[0])]
     regions = [(0.0, 0.0, float(w), float(h))]
     for s in range(1, len(scales)):
         params = chip_params[s - 1]
         finer = []
         for region in regions:
-            rh, rw = resized(region[3] - region[1], region[2] - region[0], factors[s - 1])
+            rh, rw = resized_size(region, factors[s - 1])
             map_hw = (math.ceil(rh / FOCUS_STRIDE), math.ceil(rw / FOCUS_STRIDE))
             prob = _paint_focus(boxes, region, factors[s - 1], map_hw)
-            for cells in _focus_chips_cells(prob, params["threshold"], params["dilation"], params["min_size"]):
-                chip = _chip_region(cells, region, factors[s - 1], (rh, rw), params["min_size"] * FOCUS_STRIDE)
-                finer.append(chip)
-                sizes.append(resized(chip[3] - chip[1], chip[2] - chip[0], factors[s]))
+            cells = _focus_chips_cells(prob, params["threshold"], params["dilation"], params["min_size"])
+            for chip in _chip_regions(cells, region, factors[s - 1], (rh, rw), params["min_size"]):
+                size = resized_size(chip, factors[s])
+                if min(size) >= 1:  # (the cascade drops a chip that resizes to nothing)
+                    finer.append(tuple(float(v) for v in chip))
+                    sizes.append(size)
         regions = finer
     return sizes
 
@@ -355,7 +337,7 @@ def main(argv=None) -> int:
     p.add_argument("--annotations", type=Path, default=Path("data/val/annotations.json"),
                    help="COCO ground truth whose small boxes stand in for focus maps")
     p.add_argument("--fit", type=Path, default=None, metavar="ANNOTATIONS",
-                   help="fit a new bucket set to the cascade inputs of this COCO file (else DEFAULT_BUCKETS)")
+                   help="fit a new bucket set to the cascade inputs of this COCO file (else to the sizes the rules allow)")
     p.add_argument("--max-buckets", type=int, default=MAX_BUCKETS)
     args = p.parse_args(argv)
     if args.fit is not None:

@@ -1,4 +1,4 @@
-"""Checkpoint -> deployable bundle (docs: DESIGN.md "bundle"; schema: runtime/bundle.py).
+"""Checkpoint -> deployable bundle (docs: docs/design.md "bundle"; schema: runtime/bundle.py).
 
     python export/build_engine.py                     # model/checkpoints/default.pt -> bundles/default/
     python export/build_engine.py --random-init --out /tmp/b      # no trained model needed
@@ -21,24 +21,13 @@ from pathlib import Path
 
 from export import buckets as bucket_rules
 from export import export_onnx as exporter
+from runtime.backends.tensorrt import tensorrt_unavailable_reason
 from runtime.bundle import Bundle, load_bundle, write_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "model" / "checkpoints" / "default.pt"
 DEFAULT_OUT = REPO_ROOT / "bundles" / "default"
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def tensorrt_unavailable_reason() -> str | None:
-    """None when an engine can be built here, else why not ("tensorrt is not installed" / "no CUDA GPU")."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "tensorrt is not installed"
-    import torch
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
-    return None
 
 
 def load_network(checkpoint=DEFAULT_CHECKPOINT, random_init: bool = False, seed: int = 0):
@@ -62,14 +51,14 @@ def load_network(checkpoint=DEFAULT_CHECKPOINT, random_init: bool = False, seed:
         raise FileNotFoundError(
             f"checkpoint: {checkpoint} does not exist; train one (`python -m model.train`, then copy "
             f"runs/default/final.pt to {DEFAULT_CHECKPOINT}), pass --checkpoint PATH, or use --random-init")
-    from model.train import load_model
+    from model.checkpoint import load_model
     model, config = load_model(checkpoint)  # raises ValueError naming the file when it is unreadable
     return model.deploy(), config
 
 
 def cascade_parameters(config: dict) -> dict:
     """Bundle fields (scales, valid ranges, chip/soft-NMS parameters, input normalisation) from the
-    model configuration where it sets them; the Bundle's defaults (DESIGN.md) otherwise."""
+    model configuration where it sets them; the Bundle's defaults (docs/design.md) otherwise."""
     fields = {}
     inp = config.get("input", {})
     if "mean_rgb" in inp and "std_rgb" in inp:

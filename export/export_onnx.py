@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("scores", "ltrb", "focus")
+from runtime.bundle import INPUT_NAME, OUTPUT_NAMES
+
 SIZE_DIVISOR = 32
 DEFAULT_OPSET = 18          # the dynamo exporter's native opset (>= 17 as required)
 MAX_SIDE_CELLS = 128        # dynamic H and W up to 32 * 128 = 4096 px
@@ -72,7 +72,7 @@ def _dynamic_dims():
     # 64 px: at 32 px the stride-32 map is 1 x 1 and torch.export specialises that case away.
     h32 = torch.export.Dim("h32", min=2, max=MAX_SIDE_CELLS)
     w32 = torch.export.Dim("w32", min=2, max=MAX_SIDE_CELLS)
-    return {"image": {0: batch, 2: SIZE_DIVISOR * h32, 3: SIZE_DIVISOR * w32}}
+    return {INPUT_NAME: {0: batch, 2: SIZE_DIVISOR * h32, 3: SIZE_DIVISOR * w32}}
 
 
 def _example_input(model: torch.nn.Module) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-INPUT_NAME = "image"
+from runtime.bundle import INPUT_NAME
 
 
 class TensorRTError(RuntimeError):

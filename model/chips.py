@@ -8,13 +8,12 @@ positives of an early model that no positive chip covers. Candidate chip origins
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from runtime.cascade import scale_factor  # one rule for training and inference
+from runtime.geometry import resized_image_size, scale_factor  # one rule for training and inference
 
 from model.labels import valid_range_mask
 
@@ -85,7 +84,7 @@ def positive_chips(image_index: int, boxes_original, image_hw, scales, valid_ran
     chips = []
     for si, (scale, vrange) in enumerate(zip(scales, valid_ranges)):
         f = scale_factor(h, w, scale)
-        rh, rw = int(round(h * f)), int(round(w * f))
+        rh, rw = resized_image_size(h, w, f)
         valid = boxes[valid_range_mask(boxes, vrange)] * f
         origins = cover_boxes(valid, (rh, rw), chip_size, grid_stride)
         if not origins and si in always_whole_image_scales and rh <= chip_size and rw <= chip_size:
@@ -123,8 +122,10 @@ def render_chip(image_bgr: np.ndarray, factor: float, x0: float, y0: float, out_
     pad = tuple(float(255 * v) for v in MEAN_RGB[::-1])  # BGR mean pixel -> 0 once normalised
     src, f = image_bgr, factor
     if factor < 1:
-        # Downscaling: area-average first (warpAffine has no INTER_AREA), then a pure shift/flip.
-        src = cv2.resize(image_bgr, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+        # Downscaling: area-average first (warpAffine has no INTER_AREA), then a pure shift/flip; to the
+        # size of the resize rule (cv2's own fx/fy size rounds half to even).
+        rh, rw = resized_image_size(*image_bgr.shape[:2], factor)
+        src = cv2.resize(image_bgr, (max(1, rw), max(1, rh)), interpolation=cv2.INTER_AREA)
         f = 1.0
     out = cv2.warpAffine(src, _chip_affine(f, x0, y0, out_w, flip), (out_w, out_h), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=pad)
@@ -155,6 +156,3 @@ def chip_boxes(boxes_original, factor: float, x0: float, y0: float, out_w: int, 
         b = np.stack([out_w - b[:, 2], b[:, 1], out_w - b[:, 0], b[:, 3]], axis=1)
     return b
 
-
-def padded_size(length: int, divisor: int = 32) -> int:
-    return int(math.ceil(length / divisor) * divisor)

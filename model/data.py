@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
+
+from runtime.images import load_image
 
 
 @dataclass
@@ -115,19 +116,9 @@ def load_coco(annotations_path, images_dir=None) -> CocoSet:
 
 
 def read_image(path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 BGR (grayscale becomes 3 channels, alpha is dropped).
+    """An image file as HxWx3 uint8 BGR, read as the engine reads one (runtime.images.load_image:
+    grayscale becomes 3 channels, alpha is dropped, 16-bit is scaled to 8).
 
     Raises FileNotFoundError naming the file when it is missing, ValueError naming it when it cannot be
     decoded."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image file not found: {p}")
-    buf = np.frombuffer(p.read_bytes(), np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None  # IMREAD_COLOR: 3-channel 8-bit BGR
-    if img is None:
-        raise ValueError(f"{p}: not a readable image (corrupt or unsupported format)")
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    return np.ascontiguousarray(img)
+    return load_image(Path(path))

@@ -23,13 +23,12 @@ import torch
 from tqdm import tqdm
 
 from runtime import ops
-from runtime.cascade import scale_factor
+from runtime.geometry import padded_length, resized_image_size, scale_factor
 
-from .chips import padded_size
 from .config import load_config
 from .data import load_coco, read_image
 from .synth import ensure_split
-from .train import load_model
+from .checkpoint import load_model
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default.pt"
 COCO_SMALL = 32.0  # sqrt(area) below which COCO calls an object small
@@ -56,8 +55,8 @@ class ScaleRunner:
     def __call__(self, image: np.ndarray, scale) -> dict:
         h, w = image.shape[:2]
         f = scale_factor(h, w, scale)
-        oh, ow = round(h * f), round(w * f)
-        out_hw = (padded_size(oh, self.divisor), padded_size(ow, self.divisor))
+        oh, ow = resized_image_size(h, w, f)
+        out_hw = (padded_length(oh, self.divisor), padded_length(ow, self.divisor))
         whole = np.array([[0, 0, w, h]], np.float32)
         batch = ops.crop_resize(image, whole, np.array([f], np.float32), out_hw, self.mean, self.std)
         out = self.model(torch.from_numpy(batch))

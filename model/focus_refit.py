@@ -38,13 +38,13 @@ import torch
 import torch.nn.functional as F
 
 from runtime import ops
-from runtime.cascade import resized_size, scale_factor
+from runtime.geometry import padded_length, resized_image_size, scale_factor
 
-from model.chips import padded_size
-from model.data import load_coco
 from model.labels import FOCUS_IGNORE, focus_labels, focus_positive_spans
 from model.network import FOCUS_FEATURES, focus_input_channels
-from model.train import load_model, load_split, read_image, save_checkpoint
+from model.checkpoint import load_model, read_checkpoint, save_checkpoint
+from model.data import load_coco, read_image
+from model.train import load_split
 
 DEFAULT_CHECKPOINT = Path("runs/default/final.pt")  # what `python -m model.train` writes
 DEFAULT_OUT = Path("runs/default/final_refit.pt")
@@ -55,9 +55,9 @@ FOCUS_PREFIXES = ("focus_conv.", "focus_out.")  # the head's weights: the only o
 def inference_input(image_bgr: np.ndarray, factor: float, config: dict) -> tuple[torch.Tensor, tuple]:
     """The whole image as the runtime feeds it at `factor`: (1, 3, H32, W32) and its real (h, w)."""
     h, w = image_bgr.shape[:2]
-    size = resized_size((0, 0, w, h), factor)
+    size = resized_image_size(h, w, factor)
     inp = config["input"]
-    shape = (padded_size(size[0], inp["size_divisor"]), padded_size(size[1], inp["size_divisor"]))
+    shape = (padded_length(size[0], inp["size_divisor"]), padded_length(size[1], inp["size_divisor"]))
     x = ops.crop_resize(image_bgr, np.array([[0, 0, w, h]], np.float32), np.array([factor], np.float32),
                         shape, inp["mean_rgb"], inp["std_rgb"], bgr_to_rgb=True)
     return torch.as_tensor(x), size
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
         d["perm"] = torch.randperm(len(d["labels"]))
     print(f"  {time.time() - t0:.0f} s", file=sys.stderr)
     history = refit(model, train, held, args.epochs, args.minutes, args.lr, progress=not args.quiet)
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    state = read_checkpoint(args.checkpoint)
     extra = {k: v for k, v in state.items() if k not in ("version", "model", "config", "classes")}
     extra["focus_refit"] = {"images": n, "held_out": n_held, "epochs_run": len(history["epochs"]),
                             "best_epoch": history["best_epoch"], "lr": args.lr, "balance": args.balance,

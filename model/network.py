@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.bundle import INPUT_NAME, OUTPUT_NAMES  # noqa: F401 (docs/contract.md's names)
+
 SIZE_DIVISOR = 32
 DET_STRIDE = 8
 FOCUS_STRIDE = 16
-OUTPUT_NAMES = ("scores", "ltrb", "focus")
-INPUT_NAME = "image"
 # What the focus head can read (AutoFocusNet._focus_input), and its input width in FPN widths.
 _FOCUS_INPUT_WIDTHS = {"p4": 1, "p4+p3max": 2, "p4+p3fold": 5}
 FOCUS_FEATURES = tuple(_FOCUS_INPUT_WIDTHS)

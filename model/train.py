@@ -30,15 +30,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from runtime import ops
+from runtime.geometry import padded_length, resized_image_size, scale_factor
 
-from model.chips import (Chip, chip_boxes, negative_chips, padded_size, positive_chips,
-                         render_chip, scale_factor)
+from model.checkpoint import read_checkpoint, save_checkpoint
+from model.chips import Chip, chip_boxes, negative_chips, positive_chips, render_chip
 from model.config import load_config
+from model.data import read_image
 from model.labels import detection_targets, focus_labels, valid_range_mask
 from model.network import AutoFocusNet, build_model
-
-CHECKPOINT_VERSION = 1
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -52,11 +51,6 @@ def load_split(split: str, root: str | Path | None = None):
     if path.is_dir():
         path = path / "annotations.json"
     return data.load_coco(path)
-
-
-def read_image(path):
-    from model import data
-    return data.read_image(path)
 
 
 class ChipDataset(Dataset):
@@ -215,8 +209,8 @@ def detect_resized(model: AutoFocusNet, image_bgr: np.ndarray, factor: float, co
                    score_threshold: float = 0.05, max_detections: int = 100):
     """Whole image resized by `factor` (padded to 32) -> boxes in ORIGINAL pixels, scores, labels, focus map."""
     h, w = image_bgr.shape[:2]
-    rh, rw = int(round(h * factor)), int(round(w * factor))
-    ph, pw = padded_size(rh, 32), padded_size(rw, 32)
+    rh, rw = resized_image_size(h, w, factor)
+    ph, pw = padded_length(rh, 32), padded_length(rw, 32)
     x = render_chip(image_bgr, factor, 0, 0, ph, pw)
     # Zero (normalised) padding beyond the resized image, as the runtime does.
     x[:, rh:, :] = 0
@@ -367,50 +361,11 @@ def mine_negative_chips(model: AutoFocusNet, coco, positives: list[Chip], config
             fp = valid_range_mask(boxes, vrange)
             if len(gb):
                 fp &= box_iou_np(boxes.astype(np.float64), gb).max(axis=1) < mc["iou_threshold"]
-            rh, rw = int(round(info["height"] * f)), int(round(info["width"] * f))
+            rh, rw = resized_image_size(info["height"], info["width"], f)
             negatives += negative_chips(idx, boxes[fp] * f, si, f, (rh, rw), positives, ch["chip_size"],
                                         ch["grid_stride"], mc["max_chips_per_image_scale"])
     model.train(was_training)
     return negatives
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, model, config: dict, classes: list[str], **extra) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "config": config,
-             "classes": list(classes), **extra}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
-
-
-def _read_checkpoint(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint_path: no such file {path}")
-    try:
-        # weights_only: a checkpoint holds tensors, dicts, lists, strings and numbers; unpickling anything
-        # else could run code from the file.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated/corrupt files and disallowed objects raise many different errors
-        raise ValueError(f"checkpoint_path: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or not {"model", "config", "classes"} <= set(state):
-        raise ValueError(f"checkpoint_path: {path} lacks model/config/classes entries")
-    return state
-
-
-def load_model(checkpoint_path) -> tuple[AutoFocusNet, dict]:
-    """(model in deploy mode, config with "classes") from a checkpoint written by training."""
-    state = _read_checkpoint(checkpoint_path)
-    config = dict(state["config"])
-    config["classes"] = list(state["classes"])
-    model = build_model(config, len(config["classes"]))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ValueError(f"checkpoint_path: {checkpoint_path} weights do not fit the configured network ({e})") from e
-    return model.deploy(), config
 
 
 # ----------------------------------------------------------------------------- training loop
@@ -471,7 +426,7 @@ def train(config: dict, run_dir: Path, resume: bool = False, train_set=None, val
 
     step, phase, train_elapsed, negatives, history = 0, 1, 0.0, [], []
     if resume and last_path.is_file():
-        state = _read_checkpoint(last_path)
+        state = read_checkpoint(last_path)
         model.load_state_dict(state["model"])
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])

@@ -31,14 +31,18 @@ REBUILD_HINT = "rebuild it with `python export/build_engine.py` (see --help for 
 ARTEFACT_FILES = ("model.onnx", "model_fp16.onnx", "model.pt2")  # plus any *.plan
 PRECISIONS = ("fp32", "fp16")
 
+# docs/contract.md: the network's input and output tensor names, defined here once (model/, export/
+# and the backends import them).
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("scores", "ltrb", "focus")
 # docs/contract.md, restated as data: names, symbolic shapes and strides of the network's I/O.
 OUTPUT_CONTRACT = {
     "document": "docs/contract.md",
-    "input": {"name": "image", "shape": ["N", 3, "H", "W"], "dtype": "float32"},
+    "input": {"name": INPUT_NAME, "shape": ["N", 3, "H", "W"], "dtype": "float32"},
     "outputs": [
-        {"name": "scores", "shape": ["N", "C", "H/8", "W/8"], "stride": 8, "dtype": "float32"},
-        {"name": "ltrb", "shape": ["N", 4, "H/8", "W/8"], "stride": 8, "dtype": "float32"},
-        {"name": "focus", "shape": ["N", 2, "H/16", "W/16"], "stride": 16, "dtype": "float32"},
+        {"name": OUTPUT_NAMES[0], "shape": ["N", "C", "H/8", "W/8"], "stride": 8, "dtype": "float32"},
+        {"name": OUTPUT_NAMES[1], "shape": ["N", 4, "H/8", "W/8"], "stride": 8, "dtype": "float32"},
+        {"name": OUTPUT_NAMES[2], "shape": ["N", 2, "H/16", "W/16"], "stride": 16, "dtype": "float32"},
     ],
 }
 
@@ -48,7 +52,7 @@ class BundleError(ValueError):
 
 
 def _default_input():
-    return {"name": "image", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+    return {"name": INPUT_NAME, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
             "channel_order": "RGB", "image_order": "BGR", "size_divisor": 32, "pad_value": 0.0}
 
 
@@ -56,7 +60,7 @@ def _default_input():
 class Bundle:
     """Everything the runtime needs besides the artefacts themselves. Field names are the JSON keys.
 
-    Defaults are DESIGN.md's reference values (the authors' AutoFocus configuration)."""
+    Defaults are docs/design.md's reference values (the authors' AutoFocus configuration)."""
     classes: list
     buckets: list                      # [[height, width], ...] multiples of 32, smallest area first
     max_batch: list                    # one int per bucket: the largest batch its profile accepts

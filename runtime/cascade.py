@@ -1,4 +1,4 @@
-"""The AutoFocus cascade (DESIGN.md "The cascade"), as named stages over a batch of images.
+"""The AutoFocus cascade (docs/design.md "The cascade"), as named stages over a batch of images.
 
     whole_image_regions -> run_scale (crop_batch -> network -> decode_batch [-> paint_detections ->
         focus_chips_batch]) -> stack (clip to the image, ops.stack_prune: SNIP valid range + focus
@@ -22,7 +22,6 @@ each chip then widens onto its scale's input grid (align_to_grid).
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from dataclasses import dataclass, replace
 
@@ -30,17 +29,12 @@ import numpy as np
 import torch
 
 from . import ops
+from .batching import BatchRegions, BatchRules, plan_batches
 from .detections import Detections
+from .geometry import (Region, align_to_grid, merge_overlapping, region, resized_size, scale_factor,
+                       snap_to_parent)
 
 MODES = ("autofocus", "sniper", "single")
-
-
-@dataclass
-class Region:
-    image: int              # index into Context.images
-    box: np.ndarray         # (4,) float32 [x1, y1, x2, y2] in original image pixels
-    factor: float           # resize factor of its scale
-    size: tuple             # (height, width) after resizing, as ops.crop_resize computes it
 
 
 @dataclass
@@ -76,70 +70,24 @@ class Context:
                              self.device)
 
     @functools.cached_property
+    def batching(self) -> BatchRules:
+        """What batching needs of the bundle and the call's parameters."""
+        return BatchRules.of(self.bundle, self.params)
+
+    @functools.cached_property
     def image_hw(self) -> torch.Tensor:
         """(images, 2) [h, w] float32 on the device: each box's image size for stacking."""
         return self.image_bounds[:, [1, 0]].contiguous()
 
 
-# ------------------------------------------------------------------------------------ geometry
-
-def scale_factor(height: int, width: int, scale) -> float:
-    """DESIGN.md: min(min_side / short side, max_side / long side); min_side < 0 (a training scale such
-    as (-1, 512)) bounds the long side only."""
-    if height <= 0 or width <= 0:
-        raise ValueError(f"height, width: expected positive sizes, got {height}x{width}")
-    min_side, max_side = scale
-    by_max = max_side / max(height, width)
-    if min_side is None or min_side < 0:
-        return float(by_max)
-    return float(min(min_side / min(height, width), by_max))
-
-
-def resized_size(box, factor: float) -> tuple:
-    """(height, width) of a box resized by factor, in float32 as ops.crop_resize computes it."""
-    b, f = np.asarray(box, np.float32), np.float32(factor)
-    h = np.floor((b[3] - b[1]) * f + np.float32(0.5))
-    w = np.floor((b[2] - b[0]) * f + np.float32(0.5))
-    return int(h), int(w)
-
-
-def input_shape(ctx: Context, size) -> tuple:
-    """The padded network input holding a resized region: its bucket, or the next multiple of 32."""
-    h, w = size
-    if ctx.params.padding == "divisor":
-        div = ctx.bundle.input["size_divisor"]
-        return max(div, math.ceil(h / div) * div), max(div, math.ceil(w / div) * div)
-    for bh, bw in _buckets_by_area(ctx.bundle):
-        if bh >= h and bw >= w:
-            return bh, bw
-    raise ValueError(f"a {h} x {w} network input fits no bucket of the bundle ({ctx.bundle.buckets}): the scales "
-                     "exceed what the bundle was built for; use padding='divisor' (not with TensorRT) or rebuild "
-                     "the bundle for these scales")
-
-
-def max_batch(ctx: Context, shape) -> int:
-    """params.max_batch when set; else the max batch of the smallest bucket holding shape (1 when none does)."""
-    if ctx.params.max_batch is not None:
-        return ctx.params.max_batch
-    for (bh, bw), mb in zip(ctx.bundle.buckets, ctx.bundle.max_batch):
-        if (bh, bw) == tuple(shape):
-            return mb
-    holding = [(bh * bw, mb) for (bh, bw), mb in zip(ctx.bundle.buckets, ctx.bundle.max_batch)
-               if bh >= shape[0] and bw >= shape[1]]
-    return min(holding)[1] if holding else 1
-
-
-def _buckets_by_area(bundle):
-    return sorted((tuple(b) for b in bundle.buckets), key=lambda b: (b[0] * b[1], b[0], b[1]))
-
+# ------------------------------------------------------------------------------------ regions
 
 def whole_image_regions(ctx: Context, scale_index: int) -> list[Region]:
     regions = []
     for i, image in enumerate(ctx.images):
         h, w = image.shape[:2]
         f = scale_factor(h, w, ctx.params.scales[scale_index])
-        box = np.array([0, 0, w, h], np.float32)
-        regions.append(Region(i, box, f, resized_size(box, f)))
+        regions.append(region(i, (0, 0, w, h), f))
     return regions
 
 
@@ -162,84 +110,7 @@ def chip_regions(ctx: Context, chips_per_image: list, scale_index: int) -> list[
     return regions
 
 
-def align_to_grid(chips, step: float, image_hw) -> np.ndarray:
-    """Chip sides moved outward onto multiples of step (original pixels), within [0, w] x [0, h].
-    With step = size_divisor / factor, crop_resize samples a chip's input pixel u at x1 + (u + 0.5) / f
-    - 0.5 = ((u + x1 f) + 0.5) / f - 0.5, which for x1 f a multiple of size_divisor is pixel u + x1 f of
-    the whole image's input, on the same stride grid: inside the chip the network sees the pyramid's own
-    pixels. Unaligned, small objects shift by a fraction of a stride and their scores move, either way
-    (val: some 7-12 px objects scored 0.3-0.6 by the pyramid's scale 3 and 0.1-0.3 in chips that hold
-    them whole, as many the other way round). (M, 4) -> (M, 4) float32."""
-    b = np.asarray(chips, np.float64).reshape(-1, 4) / step
-    h, w = image_hw
-    eps = 1e-4  # a side already on the grid (up to float32 rounding) stays there
-    low = np.floor(b[:, :2] + eps) * step
-    high = np.ceil(b[:, 2:] - eps) * step
-    out = np.concatenate([np.maximum(low, 0), np.minimum(high, [w, h])], 1)
-    return out.astype(np.float32)
-
-
-def merge_overlapping(chips) -> np.ndarray:
-    """Replaces two overlapping chips by their enclosing rectangle while that has fewer pixels than the
-    two together; repeats until no pair qualifies. (M, 4) float32 -> (M', 4) float32."""
-    boxes = [np.asarray(c, np.float64) for c in chips]
-    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
-    merged = True
-    while merged:
-        merged = False
-        for i, j in itertools.combinations(range(len(boxes)), 2):
-            a, b = boxes[i], boxes[j]
-            if min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]):
-                union = np.array([min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])])
-                if area(union) < area(a) + area(b):
-                    boxes[i] = union
-                    del boxes[j]
-                    merged = True
-                    break
-    return np.asarray(boxes, np.float32).reshape(-1, 4)
-
-
 # ------------------------------------------------------------------------------------ one scale
-
-def plan_batches(ctx: Context, regions: list[Region]) -> list[tuple]:
-    """[(input shape, [region indices])]: regions grouped by padded input shape (images kept together
-    inside a group), each group split at its bucket's max batch; padding "shared": see _shared_batches."""
-    if ctx.params.padding == "shared":
-        return _shared_batches(ctx, regions)
-    groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(regions):
-        groups.setdefault(input_shape(ctx, r.size), []).append(i)
-    plan = []
-    for shape, idx in groups.items():
-        idx.sort(key=lambda i: regions[i].image)
-        step = max_batch(ctx, shape)
-        plan += [(shape, idx[k:k + step]) for k in range(0, len(idx), step)]
-    return plan
-
-
-SHARED_MIN_FILL = 0.5  # padding "shared": an input joins a batch whose bucket is at most 2x its own in area
-
-
-def _shared_batches(ctx: Context, regions: list[Region]) -> list[tuple]:
-    """Largest first: each batch takes the bucket of the largest input left and fills up to its max batch
-    with the next largest inputs that fit in it and whose own bucket has at least SHARED_MIN_FILL of its
-    area. On a GPU a network call costs far more than its pixels (H200, PyTorch eager: about 1.7 ms a
-    call at 0.2 and at 2.8 Mpx alike), so fewer calls win; the fill bound keeps a small chip from running
-    at the cost of a large one (H100, max_batch 16, no bound: 1.02 of sniper's padded pixels, not 0.70)."""
-    shapes = [input_shape(ctx, r.size) for r in regions]
-    area = [h * w for h, w in shapes]
-    left = sorted(range(len(regions)), key=lambda i: (-area[i], regions[i].image, i))
-    plan = []
-    while left:
-        shape = shapes[left[0]]
-        room = max_batch(ctx, shape)
-        take = [i for i in left if shapes[i][0] <= shape[0] and shapes[i][1] <= shape[1]
-                and area[i] >= SHARED_MIN_FILL * area[left[0]]][:room]
-        taken = set(take)
-        left = [i for i in left if i not in taken]
-        plan.append((shape, sorted(take, key=lambda i: (regions[i].image, i))))  # crop_batch: images together
-    return plan
-
 
 def crop_batch(ctx: Context, regions: list[Region], idx: list[int], shape) -> torch.Tensor:
     """One normalised network batch: ops.crop_resize_images over the batch's regions (one launch on CUDA,
@@ -250,29 +121,6 @@ def crop_batch(ctx: Context, regions: list[Region], idx: list[int], shape) -> to
     owners = np.array([regions[i].image for i in idx], np.int64)
     return ops.crop_resize_images(ctx.images, owners, boxes, factors, shape, norm["mean"], norm["std"],
                                   bgr_to_rgb=norm["image_order"] != norm["channel_order"])
-
-
-@dataclass
-class BatchRegions:
-    """The batch's regions as tensors, sent to the device in one copy (each small host-to-device copy
-    costs a GPU a call of its own): factors (n,), origins (n, 2) float32; sizes (n, 2) and owners
-    (n, 2: region index, image) int64. `host` keeps the float64 array for work done on the host."""
-    factors: torch.Tensor
-    origins: torch.Tensor
-    sizes: torch.Tensor
-    owners: torch.Tensor
-    host: np.ndarray
-
-    @staticmethod
-    def of(regions: list[Region], idx: list[int], device) -> "BatchRegions":
-        host = np.array([[regions[i].factor, regions[i].box[0], regions[i].box[1], *regions[i].size, i,
-                          regions[i].image] for i in idx], np.float64).reshape(-1, 7)
-        return BatchRegions.from_array(host, device)
-
-    @staticmethod
-    def from_array(host: np.ndarray, device) -> "BatchRegions":
-        t = ops.to_device(host, device)
-        return BatchRegions(t[:, 0].float(), t[:, 1:3].float(), t[:, 3:5].long(), t[:, 5:7].long(), host)
 
 
 def decode_batch(ctx: Context, out: dict, batch: BatchRegions) -> tuple[ScaleDetections, torch.Tensor]:
@@ -337,23 +185,12 @@ def focus_chips_batch(ctx: Context, probs: torch.Tensor, regions: list[Region], 
     return [(p.image, box) for p, box in zip(parents, chips)]
 
 
-def snap_to_parent(chips: np.ndarray, parents: np.ndarray, factors) -> np.ndarray:
-    """Chip sides (M, 4) within one resized pixel (1 / factor) of their parent's sides (M, 4) are put on
-    them. Clipping to the parent's resized size ((y2 - y1) * f rounded) lands up to half a pixel short
-    of the parent's side in original pixels; left there, a chip flush with the image border would not
-    count as on it, and focus stacking would drop the detections that touch that border. float32, the
-    tolerance too."""
-    chips, parents = np.asarray(chips, np.float32).reshape(-1, 4), np.asarray(parents, np.float32).reshape(-1, 4)
-    tol = (1.0 / np.asarray(factors, np.float64)).astype(np.float32).reshape(-1, 1)
-    return np.where(np.abs(chips - parents) <= tol, parents, chips).astype(np.float32)
-
-
 def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params=None):
     """Runs the network on every region of one scale. Returns (ScaleDetections, chips per image for the
     next scale, or None when chip_params is None)."""
     stats = ctx.stats
     parts, maps = [], []
-    for shape, idx in plan_batches(ctx, regions):
+    for shape, idx in plan_batches(regions, ctx.batching):
         with stats.stage("chips"):
             batch = crop_batch(ctx, regions, idx, shape)
             # Sent before the network call: a copy queued behind the network would wait for it.
@@ -405,7 +242,7 @@ def _clip_to_images(ctx: Context, dets: ScaleDetections) -> torch.Tensor:
 
 
 def stack(ctx: Context, dets: ScaleDetections, regions: list[Region], valid_range) -> ScaleDetections:
-    """Focus stacking of one scale (DESIGN.md): boxes clipped to their image, then ops.stack_prune with
+    """Focus stacking of one scale (docs/design.md): boxes clipped to their image, then ops.stack_prune with
     each box's own chip and image: dropped (keep False) when cut by a chip side that is not an image
     side, or when sqrt(area) (of the box clipped to the image) is outside the scale's valid range. One
     launch for all images of the batch."""

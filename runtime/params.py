@@ -1,6 +1,6 @@
 """The cascade's parameters: the bundle's values, overridden per engine and per call, validated once.
 
-Names are the bundle.json keys (DESIGN.md: one name everywhere), plus the engine-only ones
+Names are the bundle.json keys (docs/design.md: one name everywhere), plus the engine-only ones
 (scale, padding, merge_chips, align_chips, chips_on_host, padded_decode, max_batch):
     scales          [[min_side, max_side], ...] per scale
     valid_ranges    [[lo, hi], ...] per scale, sqrt(box area) in original pixels; hi None/inf = no bound

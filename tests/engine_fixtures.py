@@ -52,7 +52,7 @@ def val_images(count: int, seed: int = 2026):
 
 
 def scale_factor(h, w, scale):
-    """DESIGN.md's resize factor, written out independently of the runtime."""
+    """docs/design.md's resize factor, written out independently of the runtime."""
     return min(scale[0] / min(h, w), scale[1] / max(h, w))
 
 

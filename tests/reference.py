@@ -56,7 +56,7 @@ def focus_chips_grown_rects(mask: np.ndarray, k: int) -> list[tuple[int, int, in
 
 
 def focus_chips_reference(prob: np.ndarray, threshold: float, dilation: int, min_size: int) -> np.ndarray:
-    """Algorithm 1 of DESIGN.md, steps 1-5, in plain Python + SciPy. Returns (M, 4) int32 sorted by (y1, x1)."""
+    """Algorithm 1 of docs/design.md, steps 1-5, in plain Python + SciPy. Returns (M, 4) int32 sorted by (y1, x1)."""
     prob = np.asarray(prob, np.float32)
     binary = prob >= np.float32(threshold)
     if not binary.any():
@@ -250,7 +250,7 @@ def nms_reference(boxes, scores, iou_threshold, labels=None):
 
 def soft_nms_reference(boxes, scores, labels=None, method="gaussian", sigma=0.55, iou_threshold=0.3,
                        score_threshold=0.001, max_output=None):
-    """DESIGN.md "Soft-NMS", literally: a loop over the remaining boxes, float64 scores."""
+    """docs/design.md "Soft-NMS", literally: a loop over the remaining boxes, float64 scores."""
     iou = _iou_matrix64(boxes) if len(scores) else np.zeros((0, 0))
     current = np.asarray(scores, np.float64).copy()
     remaining = [i for i in range(len(current)) if not current[i] < score_threshold]
@@ -278,7 +278,7 @@ def soft_nms_reference(boxes, scores, labels=None, method="gaussian", sigma=0.55
 
 
 def stack_prune_reference(boxes, chip, image_size, valid_range=None):
-    """DESIGN.md "Focus stacking rules", box by box in float64: clip the box to its chip; keep it when the
+    """docs/design.md "Focus stacking rules", box by box in float64: clip the box to its chip; keep it when the
     clipped box is non-empty and each clipped side is strictly inside the chip or on a chip side that is
     the image border; and lo <= sqrt(area) <= hi of the unclipped box."""
     height, width = image_size

@@ -1,6 +1,6 @@
 """benchmarks/: fps, sweep, peers (SAHI) and visualize on a tiny set (2 generated images, a random-weight
 bundle with small scales), the Pareto/budget logic on hand-made points, and the pixel accounting against
-DESIGN.md's resize rule written out here. Timings are never asserted, only that they are well-formed."""
+docs/design.md's resize rule written out here. Timings are never asserted, only that they are well-formed."""
 from __future__ import annotations
 
 import json
@@ -36,7 +36,7 @@ def tiny(tmp_path_factory):
 
 
 def whole_image_pixels(h, w, scale):
-    """DESIGN.md: factor = min(min_side / short side, max_side / long side); sides rounded half up."""
+    """docs/design.md: factor = min(min_side / short side, max_side / long side); sides rounded half up."""
     f = min(scale[0] / min(h, w), scale[1] / max(h, w))
     return math.floor(h * f + 0.5) * math.floor(w * f + 0.5)
 

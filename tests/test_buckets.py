@@ -7,7 +7,7 @@ import pytest
 from export.buckets import (MAX_BUCKETS, assign_bucket, cascade_input_sizes,
                             default_buckets, make_buckets, max_batch_per_bucket, padding_waste)
 
-# DESIGN.md, restated independently of the module: scales and min chip sizes (px at the coarser scale).
+# docs/design.md, restated independently of the module: scales and min chip sizes (px at the coarser scale).
 SCALES = [(480, 512), (800, 1280), (1400, 2000)]
 MIN_CHIP_PX = [16 * 16, 20 * 16]
 
@@ -115,7 +115,7 @@ def test_cascade_input_sizes_hand_case():
     # Scale factors: 0.8, 1.6667 (800/480), 2.9167 (1400/480). Scale 1: 384x512 whole image.
     # Chip 2: 16 cells * 16 px = 256 px at scale 1 = 320 px original -> 533 px at scale 2.
     # Chip 3: 20 cells * 16 px = 320 px at scale 2 = 192 px original -> 560 px at scale 3.
-    # Worked with the paper's k = 16 and 20 (DESIGN.md), passed explicitly.
+    # Worked with the paper's k = 16 and 20 (docs/design.md), passed explicitly.
     paper = ({"threshold": 0.02, "dilation": 3, "min_size": 16}, {"threshold": 0.2, "dilation": 3, "min_size": 20})
     sizes = cascade_input_sizes((480, 640), [(310, 230, 330, 250)], chip_params=paper)
     assert sizes == [(384, 512), (533, 533), (560, 560)]

@@ -31,7 +31,7 @@ def test_round_trip(bundle_dir):
     for name, info in b.artefacts.items():  # checksums against hashlib directly
         data = (bundle_dir / name).read_bytes()
         assert info == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    # DESIGN.md reference values are the defaults.
+    # docs/design.md reference values are the defaults.
     assert b.scales == [[480, 512], [800, 1280], [1400, 2000]]
     assert b.valid_ranges == [[75, None], [32, 180], [0, 75]]
     assert b.chip_params == [{"threshold": 0.02, "dilation": 3, "min_size": 16},

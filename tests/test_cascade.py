@@ -1,6 +1,6 @@
-"""Cascade stages (runtime/cascade.py): geometry, batching, focus stacking on constructed cases, chip
-merging, and the chips the engine runs against Algorithm 1 applied (by tests/reference.py) to the
-network's own focus maps, computed here with a separate onnxruntime session."""
+"""Cascade stages (runtime/cascade.py) and their geometry (runtime/geometry.py): batching, focus stacking on
+constructed cases, chip merging, and the chips the engine runs against Algorithm 1 applied (by
+tests/reference.py) to the network's own focus maps, computed here with a separate onnxruntime session."""
 import math
 
 import numpy as np
@@ -11,7 +11,7 @@ import torch
 from engine_fixtures import TEST_SCALES, TEST_VALID_RANGES, ceil_to, resized, scale_factor, val_images
 from reference import (chips_to_image_reference, crop_resize_reference, decode_reference, focus_chips_reference,
                        paint_boxes_reference, stack_prune_reference)
-from runtime import cascade, ops
+from runtime import batching, cascade, geometry, ops
 from runtime.params import bundle_values, resolve
 from runtime.stats import RunStats
 
@@ -41,7 +41,7 @@ def _focus_map(session, bundle, image, box, f):
 
 
 def _snap(chips, parent, f):
-    """Sides within one resized pixel of the parent's sides lie on them (cascade.snap_to_parent's rule)."""
+    """Sides within one resized pixel of the parent's sides lie on them (geometry.snap_to_parent's rule)."""
     parent = np.asarray(parent, np.float32)
     return np.where(np.abs(chips - parent) <= 1.0 / f, parent, chips).astype(np.float32)
 
@@ -52,7 +52,7 @@ def test_resized_size_is_what_crop_resize_makes():
     image = np.full((421, 697, 3), 255, np.uint8)
     for box, f in [((0, 0, 697, 421), scale_factor(421, 697, TEST_SCALES[0])), ((10.5, 3.25, 300.75, 250.5), 0.37),
                    ((0, 0, 697, 421), 0.1)]:
-        h, w = cascade.resized_size(np.array(box, np.float32), f)
+        h, w = geometry.resized_size(np.array(box, np.float32), f)
         out = ops.crop_resize(image, np.array([box], np.float32), np.array([f], np.float32), (h + 8, w + 8),
                               (0, 0, 0), (1, 1, 1))
         filled = out[0, 0] > 0.5  # white pixels inside the chip, zero padding outside
@@ -61,28 +61,28 @@ def test_resized_size_is_what_crop_resize_makes():
 
 def test_input_shape_buckets_and_divisor(bundle):
     ctx = _context(bundle, [(100, 100)], padding="bucket")
-    assert cascade.input_shape(ctx, (77, 128)) == (96, 128)
-    assert cascade.input_shape(ctx, (100, 100)) == (128, 128)
-    assert cascade.max_batch(ctx, (96, 128)) == 2
+    assert ctx.batching.input_shape((77, 128)) == (96, 128)
+    assert ctx.batching.input_shape((100, 100)) == (128, 128)
+    assert ctx.batching.batch_limit((96, 128)) == 2
     ctx = _context(bundle, [(100, 100)], padding="divisor")
-    assert cascade.input_shape(ctx, (77, 128)) == (96, 128)
-    assert cascade.input_shape(ctx, (1, 33)) == (32, 64)
+    assert ctx.batching.input_shape((77, 128)) == (96, 128)
+    assert ctx.batching.input_shape((1, 33)) == (32, 64)
     ctx = _context(bundle, [(100, 100)], padding="bucket")
     with pytest.raises(ValueError, match="fits no bucket"):
-        cascade.input_shape(ctx, (3000, 100))
+        ctx.batching.input_shape((3000, 100))
 
 
 def test_plan_batches_groups_by_shape_and_splits_at_max_batch(bundle):
     ctx = _context(bundle, [(100, 100)] * 3, padding="bucket")
-    regions = [cascade.Region(i % 3, np.zeros(4, np.float32), 1.0, size)
+    regions = [geometry.Region(i % 3, np.zeros(4, np.float32), 1.0, size)
                for i, size in enumerate([(77, 128), (90, 100), (70, 120), (60, 60), (96, 128)])]
-    plan = cascade.plan_batches(ctx, regions)
+    plan = batching.plan_batches(regions, ctx.batching)
     by_shape = {}
     for shape, idx in plan:
-        assert len(idx) <= cascade.max_batch(ctx, shape)
+        assert len(idx) <= ctx.batching.batch_limit(shape)
         by_shape.setdefault(shape, []).extend(idx)
         for i in idx:
-            assert cascade.input_shape(ctx, regions[i].size) == shape
+            assert ctx.batching.input_shape(regions[i].size) == shape
     assert sorted(i for idx in by_shape.values() for i in idx) == list(range(5))
     assert sorted(by_shape[(96, 128)]) == [0, 1, 2, 4] and len([p for p in plan if p[0] == (96, 128)]) == 2
     assert by_shape[(64, 64)] == [3]
@@ -91,22 +91,22 @@ def test_plan_batches_groups_by_shape_and_splits_at_max_batch(bundle):
 def test_shared_batches_fill_the_largest_bucket_first(bundle):
     ctx = _context(bundle, [(100, 100)] * 3, padding="shared")
     sizes = [(77, 128), (90, 100), (70, 120), (60, 60), (96, 128), (30, 40), (128, 64), (20, 200)]
-    regions = [cascade.Region(i % 3, np.zeros(4, np.float32), 1.0, size) for i, size in enumerate(sizes)]
-    plan = cascade.plan_batches(ctx, regions)
-    own_area = lambda r: math.prod(cascade.input_shape(ctx, r.size))  # noqa: E731
+    regions = [geometry.Region(i % 3, np.zeros(4, np.float32), 1.0, size) for i, size in enumerate(sizes)]
+    plan = batching.plan_batches(regions, ctx.batching)
+    own_area = lambda r: math.prod(ctx.batching.input_shape(r.size))  # noqa: E731
     placed = sorted(i for _, idx in plan for i in idx)
     assert placed == list(range(len(sizes)))  # every region exactly once
     for shape, idx in plan:
         assert shape in [tuple(b) for b in bundle.buckets]
-        assert len(idx) <= cascade.max_batch(ctx, shape)
+        assert len(idx) <= ctx.batching.batch_limit(shape)
         assert all(regions[i].size[0] <= shape[0] and regions[i].size[1] <= shape[1] for i in idx)
         assert [regions[i].image for i in idx] == sorted(regions[i].image for i in idx)  # images together
         # No input runs in a bucket of more than 1 / SHARED_MIN_FILL times its own bucket's area.
-        assert all(own_area(regions[i]) >= cascade.SHARED_MIN_FILL * shape[0] * shape[1] for i in idx)
+        assert all(own_area(regions[i]) >= batching.SHARED_MIN_FILL * shape[0] * shape[1] for i in idx)
     # The first batch is the largest bucket any region needs, and no more calls than bucket padding makes.
-    own = [cascade.input_shape(ctx, r.size) for r in regions]
+    own = [ctx.batching.input_shape(r.size) for r in regions]
     assert plan[0][0] == max(own, key=lambda s: s[0] * s[1])
-    bucket_plan = cascade.plan_batches(_context(bundle, [(100, 100)] * 3, padding="bucket"), regions)
+    bucket_plan = batching.plan_batches(regions, _context(bundle, [(100, 100)] * 3, padding="bucket").batching)
     assert len(plan) <= len(bucket_plan)
     # (77, 128) and (90, 100) both need the 96 x 128 bucket: one call; (60, 60) and (30, 40) share 64 x 64.
     assert any(sorted(idx) == [0, 1] for _, idx in plan) and [3, 5] in [sorted(idx) for _, idx in plan]
@@ -114,18 +114,18 @@ def test_shared_batches_fill_the_largest_bucket_first(bundle):
 
 def test_max_batch_replaces_the_bundles_limit(bundle):
     sizes = [(77, 128), (90, 100), (70, 120), (60, 60), (96, 128), (30, 40), (128, 64), (20, 200)] * 3
-    regions = [cascade.Region(i % 3, np.zeros(4, np.float32), 1.0, size) for i, size in enumerate(sizes)]
+    regions = [geometry.Region(i % 3, np.zeros(4, np.float32), 1.0, size) for i, size in enumerate(sizes)]
     for limit in (1, 3, 16):
         ctx = _context(bundle, [(100, 100)] * 3, padding="shared", max_batch=limit)
-        assert cascade.max_batch(ctx, (96, 128)) == limit
-        plan = cascade.plan_batches(ctx, regions)
+        assert ctx.batching.batch_limit((96, 128)) == limit
+        plan = batching.plan_batches(regions, ctx.batching)
         assert sorted(i for _, idx in plan for i in idx) == list(range(len(sizes)))
         assert all(len(idx) <= limit for _, idx in plan)
         assert max(len(idx) for _, idx in plan) == min(limit, len(sizes)) or limit == 16
         if limit == 1:
             assert len(plan) == len(sizes)
-    default = cascade.plan_batches(_context(bundle, [(100, 100)] * 3, padding="shared"), regions)
-    assert len(cascade.plan_batches(ctx, regions)) < len(default)
+    default = batching.plan_batches(regions, _context(bundle, [(100, 100)] * 3, padding="shared").batching)
+    assert len(batching.plan_batches(regions, ctx.batching)) < len(default)
     for bad, error in ((0, ValueError), (2.5, TypeError), ("8", TypeError)):
         with pytest.raises(error, match="max_batch"):
             _context(bundle, [(100, 100)], max_batch=bad)
@@ -135,7 +135,7 @@ def test_max_batch_replaces_the_bundles_limit(bundle):
 
 def _stack(bundle, boxes, chip, image_hw, valid_range=(0, math.inf), keep=None):
     ctx = _context(bundle, [image_hw])
-    regions = [cascade.Region(0, np.asarray(chip, np.float32), 1.0, (1, 1))]
+    regions = [geometry.Region(0, np.asarray(chip, np.float32), 1.0, (1, 1))]
     n = len(boxes)
     keep = torch.ones(n, dtype=torch.bool) if keep is None else torch.tensor(keep)
     dets = cascade.ScaleDetections(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.ones(n),
@@ -194,21 +194,21 @@ def test_merge_overlapping_chips():
     a, b = [0, 0, 100, 100], [50, 0, 150, 100]        # union 150 x 100 < 2 x 100 x 100: merged
     far = [300, 300, 400, 400]
     corner = [0, 0, 100, 100], [90, 90, 300, 300]     # union 300 x 300 > the two: kept apart
-    np.testing.assert_array_equal(cascade.merge_overlapping([a, b, far]), [[0, 0, 150, 100], far])
-    np.testing.assert_array_equal(cascade.merge_overlapping(list(corner)), corner)
+    np.testing.assert_array_equal(geometry.merge_overlapping([a, b, far]), [[0, 0, 150, 100], far])
+    np.testing.assert_array_equal(geometry.merge_overlapping(list(corner)), corner)
     touching = [[0, 0, 100, 100], [100, 0, 200, 100]]  # no overlap: nothing to save
-    np.testing.assert_array_equal(cascade.merge_overlapping(touching), touching)
-    assert cascade.merge_overlapping([]).shape == (0, 4)
+    np.testing.assert_array_equal(geometry.merge_overlapping(touching), touching)
+    assert geometry.merge_overlapping([]).shape == (0, 4)
 
 
 def test_snap_to_parent():
     # factor 0.5: a resized pixel is 2 original pixels; sides within 2 of the parent's go onto them.
     parents = np.array([[0, 0, 697, 421], [100, 50, 300, 250]], np.float32)
     chips = np.array([[1.5, 30, 696.0, 419.5], [102.5, 50.5, 298.0, 240]], np.float32)
-    np.testing.assert_array_equal(cascade.snap_to_parent(chips, parents, [0.5, 0.5]),
+    np.testing.assert_array_equal(geometry.snap_to_parent(chips, parents, [0.5, 0.5]),
                                   [[0, 30, 697, 421], [102.5, 50, 300, 240]])
     # factor 2: half a pixel
-    np.testing.assert_array_equal(cascade.snap_to_parent(chips[1], parents[1], 2.0), [[102.5, 50, 298, 240]])
+    np.testing.assert_array_equal(geometry.snap_to_parent(chips[1], parents[1], 2.0), [[102.5, 50, 298, 240]])
 
 
 def _check_aligned(aligned, chips, step, image_hw):
@@ -230,12 +230,12 @@ def test_align_to_grid_properties():
     h, w, step = 421, 697, 32 / 1.37
     xy = rng.uniform(0, [w - 50, h - 50], (200, 2))
     chips = np.concatenate([xy, np.minimum(xy + rng.uniform(5, 300, (200, 2)), [w, h])], 1).astype(np.float32)
-    aligned = cascade.align_to_grid(chips, step, (h, w))
+    aligned = geometry.align_to_grid(chips, step, (h, w))
     assert aligned.dtype == np.float32 and aligned.shape == chips.shape
     _check_aligned(aligned, chips, step, (h, w))
     # Sides already on the grid or the border stay; an empty list stays empty.
-    np.testing.assert_allclose(cascade.align_to_grid(aligned, step, (h, w)), aligned, atol=1e-3)
-    assert cascade.align_to_grid(np.zeros((0, 4), np.float32), step, (h, w)).shape == (0, 4)
+    np.testing.assert_allclose(geometry.align_to_grid(aligned, step, (h, w)), aligned, atol=1e-3)
+    assert geometry.align_to_grid(np.zeros((0, 4), np.float32), step, (h, w)).shape == (0, 4)
 
 
 def test_aligned_chip_input_is_a_window_of_the_whole_image_input():
@@ -250,7 +250,7 @@ def test_aligned_chip_input_is_a_window_of_the_whole_image_input():
     oh, ow = resized(h, w, f)
     whole = crop_resize_reference(image, [[0, 0, w, h]], f, (oh, ow), mean, std)[0]
     chips = np.array([[13.3, 20.9, 71.2, 66.0], [101.7, 5.2, 160.4, 90.3], [40.0, 60.5, 170, 120]], np.float32)
-    aligned = cascade.align_to_grid(chips, div / float(f), (h, w))
+    aligned = geometry.align_to_grid(chips, div / float(f), (h, w))
     for chip, unaligned in zip(aligned, chips):
         x0, y0 = int(round(float(chip[0]) * float(f))), int(round(float(chip[1]) * float(f)))
         assert x0 % div == 0 and y0 % div == 0
@@ -276,7 +276,7 @@ def test_cascade_chips_are_algorithm_1_on_the_networks_own_maps(bundle, engine, 
     cells = focus_chips_reference(prob, t1, 1, 2)
     want2 = _snap(chips_to_image_reference(cells, 16, f1, hw, 2), (0, 0, w, h), f1)
     assert 0 < len(want2)
-    want2 = cascade.merge_overlapping(want2)
+    want2 = geometry.merge_overlapping(want2)
     maps2 = [_focus_map(session, bundle, image, tuple(c), f2) for c in want2]
     t2 = float(np.quantile(np.concatenate([m.ravel() for m, _ in maps2]), 0.9))
     p2 = {"threshold": t2, "dilation": 1, "min_size": 2}
@@ -284,7 +284,7 @@ def test_cascade_chips_are_algorithm_1_on_the_networks_own_maps(bundle, engine, 
     for chip, (m, chip_hw) in zip(want2, maps2):
         cells = focus_chips_reference(m, t2, 1, 2)
         want3 += list(_snap(chips_to_image_reference(cells, 16, f2, chip_hw, 2, offset=chip[:2]), chip, f2))
-    want3 = cascade.merge_overlapping(np.array(want3, np.float32).reshape(-1, 4))
+    want3 = geometry.merge_overlapping(np.array(want3, np.float32).reshape(-1, 4))
     det = engine(image, chip_params=[p1, p2], align_chips=False)
     np.testing.assert_array_equal(det.chips[0], [[0, 0, w, h]])
     np.testing.assert_allclose(det.chips[1], want2, atol=1e-3)
@@ -329,7 +329,7 @@ def test_detection_guided_chips_paint_the_coarser_scales_own_boxes(bundle, engin
     with_boxes = paint_boxes_reference(prob[None], (boxes[painted] * f2).astype(np.float32),
                                        np.zeros(int(painted.sum()), np.int64), 16)[0]
     cells = focus_chips_reference(with_boxes, t2, 3, 2)
-    want3 = cascade.merge_overlapping(_snap(chips_to_image_reference(cells, 16, f2, (oh, ow), 2), (0, 0, w, h), f2))
+    want3 = geometry.merge_overlapping(_snap(chips_to_image_reference(cells, 16, f2, (oh, ow), 2), (0, 0, w, h), f2))
     guided = {"threshold": t2, "dilation": 3, "min_size": 2, "box_score": box_score}
     # Transition 1 open (threshold 0): scale 2 runs on the whole image.
     det = engine(image, chip_params=[{"threshold": 0.0}, guided], valid_ranges=ranges, align_chips=False)
@@ -351,9 +351,9 @@ def test_paint_detections_selects_by_score_and_the_finer_scales_range(bundle):
     """Constructed detections of two inputs (factor 2 at origin (100, 50), factor 0.5 at (0, 0)): only
     those with score >= 0.3 and sqrt(area) in [10, 40] original px paint, at their input-pixel cells."""
     ctx = _context(bundle, [(400, 500)])
-    regions = [cascade.Region(0, np.array([100, 50, 300, 250], np.float32), 2.0, (400, 400)),
-               cascade.Region(0, np.array([0, 0, 500, 400], np.float32), 0.5, (200, 250))]
-    batch = cascade.BatchRegions.of(regions, [0, 1], "cpu")
+    regions = [geometry.Region(0, np.array([100, 50, 300, 250], np.float32), 2.0, (400, 400)),
+               geometry.Region(0, np.array([0, 0, 500, 400], np.float32), 0.5, (200, 250))]
+    batch = batching.BatchRegions.of(regions, [0, 1], "cpu")
     boxes = np.array([[110, 60, 130, 80],    # input 0, side 20, score 0.9: paints input cells x 1..3, y 1..3
                       [150, 100, 160, 110],  # side 10 (the range's low end), score 0.3: paints
                       [150, 150, 250, 240],  # side ~95: too big

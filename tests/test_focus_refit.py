@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from model.checkpoint import load_model, save_checkpoint
 from model.config import load_config
 from model.focus_refit import cell_weights, coverage_at_recall, main, map_labels, refit
 from model.labels import FOCUS_IGNORE, focus_labels, focus_positive_spans
 from model.network import build_model
 from model.synth import generate_split
-from model.train import load_model, save_checkpoint
 
 torch.set_num_threads(2)
 

@@ -2,7 +2,7 @@
 crop_resize.
 
 Each op is checked against an independent reference in tests/reference.py (OpenCV, SciPy, NumPy float64,
-plain Python from DESIGN.md's Algorithm 1), on NumPy arrays and torch CPU tensors (CUDA: against the
+plain Python from docs/design.md's Algorithm 1), on NumPy arrays and torch CPU tensors (CUDA: against the
 reference and against the CPU kernels, where a GPU is present), plus hand-worked cases, edge cases
 (hypothesis), bad input and empty input.
 """

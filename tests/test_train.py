@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from model.chips import Chip
+from model.checkpoint import load_model, save_checkpoint
 from model.config import load_config
 from model.data import load_coco
 from model.network import AutoFocusNet, build_model
 from model.synth import generate_split
-from model.train import (build_positive_chips, chip_targets, load_model, mine_negative_chips, save_checkpoint,
-                         train)
+from model.train import build_positive_chips, chip_targets, mine_negative_chips, train
 
 torch.set_num_threads(2)
 

@@ -37,7 +37,7 @@ AF_HD uint8_t dilate_col_any(const uint8_t* map, int height, int width, int y, i
 
 }  // namespace detail
 
-// mask, out: (height, width) uint8, C-contiguous; out is 0/1. d odd >= 1 (checked by runtime/ops.py).
+// mask, out: (height, width) uint8, C-contiguous; out is 0/1. d odd >= 1 (checked by runtime/ops/).
 void dilate_cpu(const uint8_t* mask, int height, int width, int d, uint8_t* out);
 
 // Device pointers; `stream` is a cudaStream_t. Uses one (height, width) temporary (stream-ordered).

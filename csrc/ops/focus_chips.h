@@ -1,4 +1,4 @@
-// focus_chips: Algorithm 1 of DESIGN.md (FocusChip generator) on a stride-16 focus map, in map cells.
+// focus_chips: Algorithm 1 of docs/design.md (FocusChip generator) on a stride-16 focus map, in map cells.
 //   1. binary = prob >= threshold; 2. dilate d x d; 3. 8-connected components, one enclosing rectangle
 //   each; 4. grow each rectangle about its centre to at least k x k, shifted inward at the map border;
 //   5. paint the rectangles into a fresh mask and repeat 3-4 until the number of rectangles stops changing.

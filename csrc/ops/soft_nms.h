@@ -1,4 +1,4 @@
-// soft_nms (Bodla et al. 2017, DESIGN.md "Soft-NMS"): repeatedly take the remaining box with the highest
+// soft_nms (Bodla et al. 2017, docs/design.md "Soft-NMS"): repeatedly take the remaining box with the highest
 // current score (ties: lower index), output it with that score, and multiply every other remaining box
 // of the same label (any label when labels is null) by a weight of its IoU with the taken box; boxes
 // whose score is below score_threshold (originally or after a decay) are dropped, never output.

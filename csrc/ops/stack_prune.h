@@ -1,4 +1,4 @@
-// stack_prune: which detections of a chip survive focus stacking (DESIGN.md "Focus stacking rules").
+// stack_prune: which detections of a chip survive focus stacking (docs/design.md "Focus stacking rules").
 // Boxes and chips are in original-image pixels. A box is clipped to its chip; it is kept when the
 // clipped box has positive area and each clipped side is strictly inside the chip or lies on a chip
 // side that is also the image border (chip x1 <= 0, y1 <= 0, x2 >= width, y2 >= height); optionally

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import importlib
 
+from ..bundle import INPUT_NAME, OUTPUT_NAMES  # noqa: F401 (docs/contract.md's names, for the backends)
+
 NAMES = ("tensorrt", "onnxruntime", "torch")
 DEVICES = ("cpu", "cuda")
-# backend="auto": the first (backend, device) that can run here (DESIGN.md).
+# backend="auto": the first (backend, device) that can run here (docs/design.md).
 AUTO_ORDER = (("tensorrt", "cuda"), ("onnxruntime", "cuda"), ("onnxruntime", "cpu"), ("torch", "cuda"),
               ("torch", "cpu"))
-OUTPUT_NAMES = ("scores", "ltrb", "focus")
 
 
 def module(name: str):

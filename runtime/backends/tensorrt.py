@@ -10,9 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import OUTPUT_NAMES, check_batch
+from . import INPUT_NAME, OUTPUT_NAMES, check_batch
 
-INPUT_NAME = "image"
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None when TensorRT can run here (build or infer), else why not ("tensorrt is not installed" /
+    "no CUDA GPU"): the one such check (export/build_engine.py and unavailable_reason use it)."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "tensorrt is not installed"
+    import torch
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    return None
 
 
 def unavailable_reason(bundle, device: str) -> str | None:
@@ -20,11 +31,7 @@ def unavailable_reason(bundle, device: str) -> str | None:
         return "TensorRT runs on CUDA only"
     if not bundle.engines:
         return "the bundle has no TensorRT engine (*.plan): build it where TensorRT and a GPU exist"
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "tensorrt is not installed"
-    return None
+    return tensorrt_unavailable_reason()
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 
-from . import OUTPUT_NAMES, check_batch
+from . import INPUT_NAME, OUTPUT_NAMES, check_batch
 
 MODEL_FILE = "model.pt2"
 MAX_GRAPHS = 64     # captured shapes per backend; further shapes run eagerly
@@ -221,7 +221,7 @@ class Backend:
         return self.runner.graph_count if self.runner is not None else 0
 
     def input_specs(self) -> list[dict]:
-        return [{"name": "image", "shape": ["N", 3, "H", "W"], "dtype": "float32"}]
+        return [{"name": INPUT_NAME, "shape": ["N", 3, "H", "W"], "dtype": "float32"}]
 
     def infer(self, batch) -> dict:
         import torch
