@@ -4,6 +4,8 @@ CPU: NumPy in, NumPy out. CUDA: torch CUDA tensors in and out through IO binding
 session runs on torch's current stream (user_compute_stream, read at load time), so no extra
 synchronisation is needed between the ops and the network. ONNX Runtime's run ends with a stream
 synchronisation of its own: one host sync per batch on CUDA.
+Output ownership: every infer() returns arrays allocated for that call (stronger than the contract in
+runtime/backends/__init__.py: later calls never touch them).
 """
 from __future__ import annotations
 

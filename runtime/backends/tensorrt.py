@@ -1,9 +1,9 @@
 """TensorRT backend (TensorRT 10/11 tensor API): the bundle's plan, one execution context per
 optimization profile (= per chip bucket), torch CUDA tensors in and out.
 
-Each context owns preallocated output tensors sized for its profile's largest batch; a batch of N
-returns views of their first N items, so the outputs of one infer() stay valid until the next infer()
-on the same bucket (the cascade consumes each batch before it runs the next). Shapes and addresses are
+Output ownership (runtime/backends/__init__.py): each profile owns preallocated output tensors sized
+for its largest batch; a batch of N returns views of their first N items, which the next infer() on
+that profile overwrites; they are valid until the next infer() call, as the contract says. Shapes and addresses are
 set only when they change; execute_async_v3 runs on torch's current stream (no host sync).
 """
 from __future__ import annotations
