@@ -158,7 +158,9 @@ def build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=DEFAULT_OUT, precision: str 
             from export import tensorrt_build
             plan = f"model_{precision}.plan"
             onnx_file = work / ("model_fp16.onnx" if precision == "fp16" else "model.onnx")
-            cache = Path(timing_cache) if timing_cache is not None else out.parent / "timing_cache.bin"
+            import tensorrt
+            cache = Path(timing_cache) if timing_cache is not None else tensorrt_build.timing_cache_file(
+                out.parent, tensorrt_build.gpu_name(), tensorrt.__version__)
             info = tensorrt_build.build_engine(onnx_file, work / plan, bucket_list, batches, workspace_mib,
                                                cache, log=log)
             tensorrt_build.check_plan(work / plan)
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch", type=int, default=8,
                    help="largest batch of a 512x512 bucket; bigger buckets get proportionally fewer (>= 1)")
     p.add_argument("--workspace", type=int, default=2048, help="TensorRT workspace limit in MiB")
-    p.add_argument("--timing-cache", type=Path, default=None, help="default: <out>/../timing_cache.bin")
+    p.add_argument("--timing-cache", type=Path, default=None, help="default: <out>/../timing_cache_<GPU>_trt<version>.bin")
     p.add_argument("--random-init", action="store_true", help="random weights instead of a checkpoint")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-init")
     args = p.parse_args(argv)
