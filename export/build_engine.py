@@ -9,11 +9,13 @@ Steps: load the network; export model.onnx (fp32) and check it against PyTorch u
 bar; torch.export to model.pt2 and check its round trip; build a TensorRT engine with one
 optimization profile per chip bucket where TensorRT and a GPU exist; write bundle.json with the
 checksums of every artefact. The bundle is assembled in a temporary folder next to --out and moved
-into place only when every step passed, so a failed build never leaves a half bundle behind.
+into place only when every step passed, so a failed build never leaves a half bundle behind; the move
+(replace_folder) keeps the previous bundle until the new one is in place.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -134,6 +136,7 @@ def build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=DEFAULT_OUT, precision: str 
         else parse_buckets(",".join(f"{h}x{w}" for h, w in buckets), scales, chip_params)
     batches = bucket_rules.max_batch_per_bucket(bucket_list, max_batch)
 
+    restore_interrupted(out)
     work = out.parent / f".{out.name}.building"
     if work.exists():
         shutil.rmtree(work)
@@ -181,9 +184,7 @@ def build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=DEFAULT_OUT, precision: str 
         write_bundle(work, classes=classes, buckets=bucket_list, max_batch=batches, precision=precision,
                      engines=engines, parity=parity, build=build, versions=versions, **params)
         load_bundle(work)  # what the runtime will do: fail here rather than there
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
+        replace_folder(work, out)
     finally:
         if work.exists():
             shutil.rmtree(work)
@@ -191,6 +192,40 @@ def build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=DEFAULT_OUT, precision: str 
     log(f"bundle written to {out} in {time.perf_counter() - start:.1f} s: {len(bucket_list)} buckets, "
         f"artefacts {', '.join(bundle.artefacts)}")
     return bundle
+
+
+def _previous(target: Path) -> Path:
+    return target.parent / f".{target.name}.previous"
+
+
+def replace_folder(new, target) -> None:
+    """Puts folder `new` in place of `target` with two renames beside it (target -> .target.previous,
+    new -> target), so that a failure at any point leaves a usable target: a failed first rename
+    changes nothing, a failed second one renames the previous bundle back. The previous one is deleted
+    only once the new one is in place."""
+    new, target = Path(new), Path(target)
+    previous = _previous(target)
+    if previous.exists():
+        shutil.rmtree(previous)
+    had_target = target.exists()
+    if had_target:
+        os.replace(target, previous)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if had_target and not target.exists():
+            os.replace(previous, target)
+        raise
+    if had_target:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def restore_interrupted(target) -> None:
+    """A build killed between replace_folder's two renames leaves only .target.previous: put it back."""
+    target = Path(target)
+    previous = _previous(target)
+    if previous.exists() and not target.exists():
+        os.replace(previous, target)
 
 
 def _fmt(report: dict) -> str:
