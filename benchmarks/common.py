@@ -191,6 +191,9 @@ def network_tap(engine, cache: dict | None = None, record: list | None = None):
                     record.append((batch, out))
                 return out
         out = inner(batch)
+        if cache is not None or record is not None:
+            # Kept past the next infer, which may overwrite a backend's outputs (TensorRT's reused buffers).
+            out = {k: v.clone() if hasattr(v, "clone") else np.array(v) for k, v in out.items()}
         if key is not None:
             cache[key] = out
         if record is not None:

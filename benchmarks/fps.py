@@ -98,6 +98,7 @@ def benchmark(engine, eval_set: common.EvalSet, modes, repeats: int = 3, batch: 
         raise ValueError(f"bootstrap: expected a number of resamples >= 0, got {bootstrap!r}")
     images = eval_set.images
     first = images if warmup_all else images[:batch]
+    engine.count_host_syncs = True  # (the engine leaves torch's sync debug mode alone unless asked)
     for _, mode, overrides in modes:  # warm-up, untimed
         run_mode(engine, first, mode, overrides, batch)
     runs = {name: {"seconds": [], "stats": []} for name, _, _ in modes}

@@ -89,7 +89,9 @@ hotspots() {  # where the time goes (cProfile of the host, torch.profiler of the
 memcheck() {  # memory errors in the kernels added since the last GPU run (gVisor machines refuse the sanitizer)
   took memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -m cuda \
     -p no:cacheprovider tests/test_ops_boxes.py tests/test_ops_maps.py \
-    -k "Segments or StackPrune or PaintBoxes or Deferred or CropResizeImages or Trusted or Decode" >>"$OUT/pytest.log" 2>&1
+    tests/test_binding_checks.py \
+    -k "Segments or StackPrune or PaintBoxes or Deferred or CropResizeImages or Trusted or Decode or guard" \
+    >>"$OUT/pytest.log" 2>&1
   tail -2 "$OUT/pytest.log" | tee -a "$SUMMARY"
 }
 base() {  # fps_b8 on an earlier tree in .gpu/base (an A/B on one machine; make it with
@@ -110,12 +112,18 @@ variants() {  # more fps runs, AutoFocus and sniper: VARIANTS="name:fps argument
       --json "$OUT/fps_$name.json" >>"$OUT/bench.log" 2>&1
   done
 }
+backends() {  # engine-level TensorRT and onnxruntime-gpu (and torch) against onnxruntime on the CPU; each
+  # backend whose package or plan is missing prints one line saying so
+  took backend-parity timeout 180 $PY benchmarks/backend_parity.py --bundle bundles/default --images 16 \
+    >>"$OUT/bench.log" 2>&1
+  grep " on cuda" "$OUT/bench.log" | tail -3 | tee -a "$SUMMARY"
+}
 ops() { took ops-bench timeout 90 $PY benchmarks/ops.py --repeats 20 --json "$OUT/ops.json" >>"$OUT/bench.log" 2>&1; }
 rest() {
   took pytest-rest timeout 200 $PY -m pytest -q -m "not cuda" -p no:cacheprovider >>"$OUT/pytest.log" 2>&1
   tail -2 "$OUT/pytest.log" | tee -a "$SUMMARY"
 }
-for s in ${STEPS:-tests fps_b1 fps_b8 eager hotspots memcheck ops rest}; do "$s"; done
+for s in ${STEPS:-tests backends fps_b1 fps_b8 eager hotspots memcheck ops rest}; do "$s"; done
 # At most 8 files come back: the figures travel as one archive.
 compgen -G "$OUT/*.json" >/dev/null && (cd "$OUT" && tar -cf figures.tar *.json && rm -f *.json)
 

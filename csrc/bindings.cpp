@@ -2,6 +2,9 @@
 // for dtype and layout by runtime/ops/, converted to raw pointers here); CUDA entry points take device
 // pointers as integers plus the CUDA stream, so the extension never links libtorch.
 #include <algorithm>
+#include <initializer_list>
+#include <string>
+#include <utility>
 #include <optional>
 #include <vector>
 
@@ -12,6 +15,9 @@
 #include <array>
 
 #include "common.h"
+#ifdef WITH_CUDA
+#include "device_guard.h"
+#endif
 #include "ops/connected_components.h"
 #include "ops/crop_resize.h"
 #include "ops/dilate.h"
@@ -24,6 +30,20 @@
 #include "ops/top_k.h"
 
 namespace py = pybind11;
+
+namespace {
+// Sizes and counts handed to a binding: >= 0 (a negative one would index memory before a buffer).
+void check_sizes(std::initializer_list<std::pair<const char*, int64_t>> sizes) {
+  for (const auto& [name, value] : sizes)
+    autofocus::check_arg(value >= 0, std::string(name) + ": expected >= 0, got " + std::to_string(value));
+}
+// A CPU array's leading dimension must match the count the call works on (the kernels read that many).
+void check_rows(const char* name, const py::array& a, int64_t rows, int64_t ndim, int64_t last = -1) {
+  autofocus::check_arg(a.ndim() == ndim && a.shape(0) == rows && (last < 0 || a.shape(ndim - 1) == last),
+                       std::string(name) + ": expected " + std::to_string(ndim) + " dimensions, " +
+                           std::to_string(rows) + " rows" + (last < 0 ? "" : " of " + std::to_string(last)));
+}
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "autofocus post-processing ops (C++ CPU and CUDA); use runtime.ops, not this module";
@@ -143,11 +163,15 @@ PYBIND11_MODULE(_C, m) {
     // Device pointers as integers, the stream as an integer (torch.cuda.current_stream().cuda_stream).
     m.def("dilate_cuda", [](std::uintptr_t mask, int height, int width, int d, std::uintptr_t out,
                             std::uintptr_t stream) {
+      check_sizes({{"height", height}, {"width", width}});
+      autofocus::DeviceGuard guard({{"mask", mask}, {"out", out}}, stream);
       autofocus::dilate_cuda(reinterpret_cast<const uint8_t*>(mask), height, width, d,
                              reinterpret_cast<uint8_t*>(out), stream);
     });
     m.def("connected_components_cuda", [](std::uintptr_t mask, int height, int width, std::uintptr_t labels,
                                           std::uintptr_t boxes, std::uintptr_t count, std::uintptr_t stream) {
+      check_sizes({{"height", height}, {"width", width}});
+      autofocus::DeviceGuard guard({{"mask", mask}, {"labels", labels}, {"boxes", boxes}, {"count", count}}, stream);
       autofocus::connected_components_cuda(reinterpret_cast<const uint8_t*>(mask), height, width,
                                            reinterpret_cast<int32_t*>(labels), reinterpret_cast<int32_t*>(boxes),
                                            reinterpret_cast<int32_t*>(count), stream);
@@ -156,6 +180,8 @@ PYBIND11_MODULE(_C, m) {
                                          int width, float threshold, int dilation, int min_size,
                                          std::uintptr_t chips, std::uintptr_t batch_index, std::uintptr_t status,
                                          std::uintptr_t stream) {
+      check_sizes({{"batch", batch}, {"height", height}, {"width", width}});
+      autofocus::DeviceGuard guard({{"probs", probs}, {"valid_hw", valid_hw}, {"chips", chips}, {"batch_index", batch_index}, {"status", status}}, stream);
       autofocus::focus_chips_batched_cuda(reinterpret_cast<const float*>(probs),
                                           reinterpret_cast<const int32_t*>(valid_hw), batch, height, width,
                                           threshold, dilation, min_size, reinterpret_cast<int32_t*>(chips),
@@ -167,6 +193,8 @@ PYBIND11_MODULE(_C, m) {
                                           int out_height, int out_width, std::array<double, 3> mean,
                                           std::array<double, 3> stdev, bool bgr_to_rgb, bool half,
                                           std::uintptr_t out, std::uintptr_t stream) {
+      check_sizes({{"height", height}, {"width", width}, {"count", count}, {"out_height", out_height}, {"out_width", out_width}});
+      autofocus::DeviceGuard guard({{"image", image}, {"chips", chips}, {"scales", scales}, {"out_sizes", out_sizes}, {"out", out}}, stream);
       autofocus::crop_resize_cuda(reinterpret_cast<const uint8_t*>(image), height, width,
                                   reinterpret_cast<const float*>(chips), reinterpret_cast<const float*>(scales),
                                   reinterpret_cast<const int32_t*>(out_sizes), count, out_height, out_width,
@@ -176,6 +204,8 @@ PYBIND11_MODULE(_C, m) {
                                                  int out_height, int out_width, std::array<double, 3> mean,
                                                  std::array<double, 3> stdev, bool bgr_to_rgb, std::uintptr_t out,
                                                  std::uintptr_t stream) {
+      check_sizes({{"count", count}, {"out_height", out_height}, {"out_width", out_width}});
+      autofocus::DeviceGuard guard({{"images", images}, {"params", params}, {"out", out}}, stream);
       autofocus::crop_resize_images_cuda(reinterpret_cast<const uint64_t*>(images),
                                          reinterpret_cast<const float*>(params), count, out_height, out_width,
                                          make_norm(mean, stdev, bgr_to_rgb), reinterpret_cast<float*>(out), stream);
@@ -193,7 +223,13 @@ PYBIND11_MODULE(_C, m) {
   };
   m.def("decode_cpu", [](F32 scores, F32 ltrb, float stride, double score_threshold, int64_t max_candidates,
                          F32 scales, F32 offsets) {
+    autofocus::check_arg(scores.ndim() == 4, "scores: expected 4 dimensions (N, C, H, W)");
     const int64_t n = scores.shape(0), c = scores.shape(1), h = scores.shape(2), w = scores.shape(3);
+    autofocus::check_arg(ltrb.ndim() == 4 && ltrb.shape(0) == n && ltrb.shape(1) == 4 && ltrb.shape(2) == h &&
+                             ltrb.shape(3) == w, "ltrb: expected shape (N, 4, H, W) of scores' N, H, W");
+    check_rows("scales", scales, n, 1);
+    check_rows("offsets", offsets, n, 2, 2);
+    check_sizes({{"max_candidates", max_candidates}});
     const int64_t cap = autofocus::decode_capacity(n, c, h, w, max_candidates);
     std::vector<float> boxes(4 * cap), out_scores(cap);
     std::vector<int32_t> labels(cap), batch(cap);
@@ -209,6 +245,9 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("nms_cpu", [labels_ptr](F32 boxes, F32 scores, float iou_threshold, std::optional<I64> labels) {
     const int64_t n = scores.shape(0);
+    check_rows("scores", scores, n, 1);
+    check_rows("boxes", boxes, n, 2, 4);
+    if (labels) check_rows("labels", *labels, n, 1);
     std::vector<int64_t> keep(n);
     int64_t k;
     {
@@ -220,6 +259,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("soft_nms_cpu", [labels_ptr](F32 boxes, F32 scores, std::optional<I64> labels, int method, float sigma,
                                      float iou_threshold, float score_threshold, int64_t max_output) {
     const int64_t n = scores.shape(0);
+    check_rows("scores", scores, n, 1);
+    check_rows("boxes", boxes, n, 2, 4);
+    if (labels) check_rows("labels", *labels, n, 1);
     std::vector<int64_t> keep(n);
     std::vector<float> out_scores(n);
     int64_t k;
@@ -234,6 +276,16 @@ PYBIND11_MODULE(_C, m) {
                                               float sigma, float iou_threshold, float score_threshold,
                                               int64_t max_output) {
     const int64_t n = scores.shape(0), segments = offsets.shape(0) - 1;
+    check_rows("scores", scores, n, 1);
+    check_rows("boxes", boxes, n, 2, 4);
+    if (labels) check_rows("labels", *labels, n, 1);
+    autofocus::check_arg(offsets.ndim() == 1 && segments >= 0, "offsets: expected shape (segments + 1,)");
+    {  // the segments' bounds are read as indices into boxes
+      const int64_t* o = offsets.data();
+      for (int64_t i = 0; i < segments; ++i)
+        autofocus::check_arg(o[0] == 0 && o[i] <= o[i + 1] && o[segments] <= n,
+                             "offsets: expected 0 = offsets[0] <= ... <= offsets[-1] <= len(scores)");
+    }
     I64 keep(n), counts(segments);
     F32 out_scores(n);
     {
@@ -247,8 +299,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("stack_prune_cpu", [](F32 boxes, F32 chips, std::optional<F32> image_hw, double image_height,
                               double image_width, double valid_lo, double valid_hi) {
     const int64_t n = boxes.shape(0);
-    py::array_t<bool> keep(n);
+    check_rows("boxes", boxes, n, 2, 4);
     const bool per_box = chips.ndim() == 2;
+    if (per_box) check_rows("chips", chips, n, 2, 4);
+    else autofocus::check_arg(chips.ndim() == 1 && chips.shape(0) == 4, "chips: expected shape (4,) or (N, 4)");
+    if (image_hw) check_rows("image_hw", *image_hw, n, 2, 2);
+    py::array_t<bool> keep(n);
     const float* hw = image_hw ? image_hw->data() : nullptr;
     auto* out = reinterpret_cast<uint8_t*>(keep.mutable_data());
     {
@@ -260,7 +316,12 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("paint_boxes_cpu", [](F32 maps, F32 boxes, I64 index, std::optional<py::array_t<bool, py::array::c_style>> keep,
                               double stride) {
+    autofocus::check_arg(maps.ndim() == 3, "maps: expected 3 dimensions (B, H, W)");
     const int64_t b = maps.shape(0), h = maps.shape(1), w = maps.shape(2), n = boxes.shape(0);
+    check_rows("boxes", boxes, n, 2, 4);
+    check_rows("index", index, n, 1);
+    if (keep) check_rows("keep", *keep, n, 1);
+    // (index values out of [0, B) are skipped by the kernel: runtime/ops.py checks them, or defers that)
     F32 out({b, h, w});
     std::copy(maps.data(), maps.data() + b * h * w, out.mutable_data());
     const uint8_t* keep_ptr = keep ? reinterpret_cast<const uint8_t*>(keep->data()) : nullptr;
@@ -272,6 +333,8 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("top_k_cpu", [](F32 scores, int64_t k) {
     const int64_t n = scores.shape(0);
+    check_rows("scores", scores, n, 1);
+    check_sizes({{"k", k}});
     py::array_t<int64_t> out(std::min(k, n));
     {
       py::gil_scoped_release release;
@@ -280,11 +343,15 @@ PYBIND11_MODULE(_C, m) {
     return out;
   });
 #ifdef WITH_CUDA
-  // CUDA: device pointers as integers and the stream; outputs preallocated by runtime/ops/.
+  // CUDA: device pointers as integers and the stream; outputs preallocated by runtime/ops/. Each
+  // binding checks its sizes, then DeviceGuard makes the pointers' device current for the launch.
   using Ptr = std::uintptr_t;
+  m.def("cuda_current_device", &autofocus::current_device);
   m.def("decode_cuda", [](Ptr scores, Ptr ltrb, int64_t n, int64_t c, int64_t h, int64_t w, float stride,
                           double score_threshold, int64_t max_candidates, Ptr scales, Ptr offsets, Ptr out_boxes,
                           Ptr out_scores, Ptr out_labels, Ptr out_batch, Ptr out_count, Ptr stream) {
+    check_sizes({{"n", n}, {"c", c}, {"h", h}, {"w", w}, {"max_candidates", max_candidates}});
+    autofocus::DeviceGuard guard({{"scores", scores}, {"ltrb", ltrb}, {"scales", scales}, {"offsets", offsets}, {"out_boxes", out_boxes}, {"out_scores", out_scores}, {"out_labels", out_labels}, {"out_batch", out_batch}, {"out_count", out_count}}, stream);
     autofocus::decode_cuda(reinterpret_cast<const float*>(scores), reinterpret_cast<const float*>(ltrb), n, c, h, w,
                            stride, score_threshold, max_candidates, reinterpret_cast<const float*>(scales),
                            reinterpret_cast<const float*>(offsets), reinterpret_cast<float*>(out_boxes),
@@ -293,6 +360,8 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("nms_cuda", [](Ptr boxes, Ptr scores, Ptr labels, int64_t n, float iou_threshold, Ptr keep, Ptr out_count,
                        Ptr stream) {
+    autofocus::check_nms_size(n);
+    autofocus::DeviceGuard guard({{"boxes", boxes}, {"scores", scores}, {"labels", labels}, {"keep", keep}, {"out_count", out_count}}, stream);
     autofocus::nms_cuda(reinterpret_cast<const float*>(boxes), reinterpret_cast<const float*>(scores),
                         reinterpret_cast<const int64_t*>(labels), n, iou_threshold, reinterpret_cast<int64_t*>(keep),
                         reinterpret_cast<int64_t*>(out_count), stream);
@@ -300,6 +369,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("soft_nms_cuda", [](Ptr boxes, Ptr scores, Ptr labels, int64_t n, int method, float sigma,
                             float iou_threshold, float score_threshold, int64_t max_output, Ptr keep,
                             Ptr out_scores, Ptr out_count, Ptr stream) {
+    check_sizes({{"n", n}});  // (max_output < 0: no limit)
+    autofocus::DeviceGuard guard({{"boxes", boxes}, {"scores", scores}, {"labels", labels}, {"keep", keep}, {"out_scores", out_scores}, {"out_count", out_count}}, stream);
     autofocus::soft_nms_cuda(reinterpret_cast<const float*>(boxes), reinterpret_cast<const float*>(scores),
                              reinterpret_cast<const int64_t*>(labels), n, method, sigma, iou_threshold,
                              score_threshold, max_output, reinterpret_cast<int64_t*>(keep),
@@ -308,6 +379,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("soft_nms_segments_cuda", [](Ptr boxes, Ptr scores, Ptr labels, Ptr offsets, int64_t segments, int64_t n,
                                      int method, float sigma, float iou_threshold, float score_threshold,
                                      int64_t max_output, Ptr keep, Ptr out_scores, Ptr counts, Ptr stream) {
+    check_sizes({{"segments", segments}, {"n", n}});  // (max_output < 0: no limit)
+    autofocus::DeviceGuard guard({{"boxes", boxes}, {"scores", scores}, {"labels", labels}, {"offsets", offsets}, {"keep", keep}, {"out_scores", out_scores}, {"counts", counts}}, stream);
     autofocus::soft_nms_segments_cuda(reinterpret_cast<const float*>(boxes), reinterpret_cast<const float*>(scores),
                                       reinterpret_cast<const int64_t*>(labels),
                                       reinterpret_cast<const int64_t*>(offsets), segments, n, method, sigma,
@@ -318,6 +391,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("stack_prune_cuda", [](Ptr boxes, Ptr chips, int64_t n, bool per_box_chip, Ptr image_hw,
                                double image_height, double image_width, double valid_lo, double valid_hi, Ptr keep,
                                Ptr stream) {
+    check_sizes({{"n", n}});
+    autofocus::DeviceGuard guard({{"boxes", boxes}, {"chips", chips}, {"image_hw", image_hw}, {"keep", keep}}, stream);
     autofocus::stack_prune_cuda(reinterpret_cast<const float*>(boxes), reinterpret_cast<const float*>(chips), n,
                                 per_box_chip, reinterpret_cast<const float*>(image_hw), image_height, image_width,
                                 valid_lo, valid_hi,
@@ -325,11 +400,15 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("paint_boxes_cuda", [](Ptr out, int64_t maps, int64_t height, int64_t width, Ptr boxes, Ptr index, Ptr keep,
                                int64_t n, double stride, Ptr stream) {
+    check_sizes({{"maps", maps}, {"height", height}, {"width", width}, {"n", n}});
+    autofocus::DeviceGuard guard({{"out", out}, {"boxes", boxes}, {"index", index}, {"keep", keep}}, stream);
     autofocus::paint_boxes_cuda(reinterpret_cast<float*>(out), maps, height, width,
                                 reinterpret_cast<const float*>(boxes), reinterpret_cast<const int64_t*>(index),
                                 reinterpret_cast<const uint8_t*>(keep), n, stride, stream);
   });
   m.def("top_k_cuda", [](Ptr scores, int64_t n, int64_t k, Ptr out, Ptr stream) {
+    check_sizes({{"n", n}, {"k", k}});
+    autofocus::DeviceGuard guard({{"scores", scores}, {"out", out}}, stream);
     autofocus::top_k_cuda(reinterpret_cast<const float*>(scores), n, k, reinterpret_cast<int64_t*>(out), stream);
   });
 #endif

@@ -9,11 +9,13 @@ Steps: load the network; export model.onnx (fp32) and check it against PyTorch u
 bar; torch.export to model.pt2 and check its round trip; build a TensorRT engine with one
 optimization profile per chip bucket where TensorRT and a GPU exist; write bundle.json with the
 checksums of every artefact. The bundle is assembled in a temporary folder next to --out and moved
-into place only when every step passed, so a failed build never leaves a half bundle behind.
+into place only when every step passed, so a failed build never leaves a half bundle behind; the move
+(replace_folder) keeps the previous bundle until the new one is in place.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -123,6 +125,7 @@ def build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=DEFAULT_OUT, precision: str 
         else parse_buckets(",".join(f"{h}x{w}" for h, w in buckets), scales, chip_params)
     batches = bucket_rules.max_batch_per_bucket(bucket_list, max_batch)
 
+    restore_interrupted(out)
     work = out.parent / f".{out.name}.building"
     if work.exists():
         shutil.rmtree(work)
@@ -147,7 +150,9 @@ def build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=DEFAULT_OUT, precision: str 
             from export import tensorrt_build
             plan = f"model_{precision}.plan"
             onnx_file = work / ("model_fp16.onnx" if precision == "fp16" else "model.onnx")
-            cache = Path(timing_cache) if timing_cache is not None else out.parent / "timing_cache.bin"
+            import tensorrt
+            cache = Path(timing_cache) if timing_cache is not None else tensorrt_build.timing_cache_file(
+                out.parent, tensorrt_build.gpu_name(), tensorrt.__version__)
             info = tensorrt_build.build_engine(onnx_file, work / plan, bucket_list, batches, workspace_mib,
                                                cache, log=log)
             tensorrt_build.check_plan(work / plan)
@@ -168,9 +173,7 @@ def build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=DEFAULT_OUT, precision: str 
         write_bundle(work, classes=classes, buckets=bucket_list, max_batch=batches, precision=precision,
                      engines=engines, parity=parity, build=build, versions=versions, **params)
         load_bundle(work)  # what the runtime will do: fail here rather than there
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
+        replace_folder(work, out)
     finally:
         if work.exists():
             shutil.rmtree(work)
@@ -178,6 +181,40 @@ def build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=DEFAULT_OUT, precision: str 
     log(f"bundle written to {out} in {time.perf_counter() - start:.1f} s: {len(bucket_list)} buckets, "
         f"artefacts {', '.join(bundle.artefacts)}")
     return bundle
+
+
+def _previous(target: Path) -> Path:
+    return target.parent / f".{target.name}.previous"
+
+
+def replace_folder(new, target) -> None:
+    """Puts folder `new` in place of `target` with two renames beside it (target -> .target.previous,
+    new -> target), so that a failure at any point leaves a usable target: a failed first rename
+    changes nothing, a failed second one renames the previous bundle back. The previous one is deleted
+    only once the new one is in place."""
+    new, target = Path(new), Path(target)
+    previous = _previous(target)
+    if previous.exists():
+        shutil.rmtree(previous)
+    had_target = target.exists()
+    if had_target:
+        os.replace(target, previous)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if had_target and not target.exists():
+            os.replace(previous, target)
+        raise
+    if had_target:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def restore_interrupted(target) -> None:
+    """A build killed between replace_folder's two renames leaves only .target.previous: put it back."""
+    target = Path(target)
+    previous = _previous(target)
+    if previous.exists() and not target.exists():
+        os.replace(previous, target)
 
 
 def _fmt(report: dict) -> str:
@@ -195,7 +232,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch", type=int, default=8,
                    help="largest batch of a 512x512 bucket; bigger buckets get proportionally fewer (>= 1)")
     p.add_argument("--workspace", type=int, default=2048, help="TensorRT workspace limit in MiB")
-    p.add_argument("--timing-cache", type=Path, default=None, help="default: <out>/../timing_cache.bin")
+    p.add_argument("--timing-cache", type=Path, default=None, help="default: <out>/../timing_cache_<GPU>_trt<version>.bin")
     p.add_argument("--random-init", action="store_true", help="random weights instead of a checkpoint")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-init")
     args = p.parse_args(argv)

@@ -1,14 +1,18 @@
 """TensorRT engine build from the exported ONNX: the thin part that touches TensorRT (10.x / 11.x API).
 
-One optimization profile per chip bucket (min batch 1, opt, max batch), a strongly typed network
-(precision comes from the ONNX itself: model.onnx -> fp32 engine, model_fp16.onnx -> fp16 engine;
-TensorRT 11 removed the weakly typed FP16 builder flag), and a timing cache that is loaded before and
-saved after the build so rebuilds are fast. Functions raise; nothing here exits or prints beyond the
-TensorRT logger.
+One optimization profile per chip bucket (min batch 1, opt = max batch: see profile_shapes), a strongly
+typed network (precision comes from the ONNX itself: model.onnx -> fp32 engine, model_fp16.onnx -> fp16
+engine; TensorRT 11 removed the weakly typed FP16 builder flag) with TF32 off (an fp32 engine computes in
+fp32), and a timing cache that is loaded before and saved after the build so rebuilds are fast. A timing
+cache holds measurements of one GPU under one TensorRT version: its file name carries both
+(timing_cache_file), a cache TensorRT rejects is replaced by an empty one (logged), and it is written
+atomically. Functions raise; nothing here exits or prints beyond the TensorRT logger and `log`.
 """
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from pathlib import Path
 
 from runtime.bundle import INPUT_NAME
@@ -34,18 +38,51 @@ def _logger(trt):
 def gpu_name() -> str | None:
     try:
         import torch
-        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
     except (ImportError, RuntimeError):
         return None
 
 
+def timing_cache_file(folder, gpu: str | None, tensorrt_version: str) -> Path:
+    """Where the timing cache of this GPU model and TensorRT version lives in `folder`: one file per
+    (GPU, version), so a build never loads another GPU's measurements."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu or 'unknown-gpu'}_trt{tensorrt_version}").strip("-")
+    return Path(folder) / f"timing_cache_{slug}.bin"
+
+
+def profile_shapes(height: int, width: int, max_batch: int) -> tuple:
+    """(min, opt, max) input shapes of a bucket's profile. opt is the max batch: the engine's callers fill
+    batches to the max (the cascade's shared padding packs every input that fits a bucket into it, and
+    whole images of a detect_batch call come max_batch at a time), so that is where kernels are tuned."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch: expected >= 1, got {max_batch}")
+    return (1, 3, height, width), (max_batch, 3, height, width), (max_batch, 3, height, width)
+
+
+def write_atomically(path, data) -> None:
+    """data written to a temporary file beside path, then renamed over it: a reader sees the old file
+    or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(memoryview(data))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def build_engine(onnx_path, plan_path, buckets, max_batch, workspace_mib: int = 2048,
-                 timing_cache_path=None, log=print) -> dict:
+                 timing_cache_path=None, log=print, allow_tf32: bool = False) -> dict:
     """Builds a serialized TensorRT engine (plan) from `onnx_path` with one profile per bucket.
 
-    buckets: [(h, w), ...]; max_batch: an int or one int per bucket (the profile's max batch; opt is
-    half of it, at least 1). workspace_mib: WORKSPACE memory pool limit. timing_cache_path: file
-    read if it exists and written after the build (None: no persistent cache).
+    buckets: [(h, w), ...]; max_batch: an int or one int per bucket (the profile's max batch, also its
+    opt: profile_shapes). workspace_mib: WORKSPACE memory pool limit. timing_cache_path: file read if
+    it exists and written after the build (None: no persistent cache; timing_cache_file names one per
+    GPU and TensorRT version). allow_tf32: let fp32 layers use TF32 (off: fp32 means fp32).
     Returns {"tensorrt": version, "gpu": name, "profiles": {index: [h, w, max_batch]}, "io": [...]}."""
     trt = _trt()
     buckets = [(int(h), int(w)) for h, w in buckets]
@@ -84,33 +121,41 @@ def build_engine(onnx_path, plan_path, buckets, max_batch, workspace_mib: int = 
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    if not allow_tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     cache_bytes = b""
     if timing_cache_path is not None and Path(timing_cache_path).is_file():
         cache_bytes = Path(timing_cache_path).read_bytes()
     cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        # Another GPU's or TensorRT version's cache: build without it (and replace it afterwards).
+        log(f"  timing cache {timing_cache_path} does not match this GPU / TensorRT {trt.__version__}; "
+            "starting an empty one")
+        cache = config.create_timing_cache(b"")
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise TensorRTError("TensorRT refused an empty timing cache")
 
     profiles = {}
     for index, ((h, w), mb) in enumerate(zip(buckets, batches)):
         profile = builder.create_optimization_profile()
-        opt = max(1, mb // 2)
-        profile.set_shape(INPUT_NAME, (1, 3, h, w), (opt, 3, h, w), (mb, 3, h, w))
-        config.add_optimization_profile(profile)
+        profile.set_shape(INPUT_NAME, *profile_shapes(h, w, mb))
+        if config.add_optimization_profile(profile) < 0:
+            raise TensorRTError(f"TensorRT refused the optimization profile of bucket {h}x{w} (max batch {mb})")
         profiles[str(index)] = [h, w, mb]
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise TensorRTError(f"TensorRT failed to build an engine from {onnx_path} (see the log above; "
                             f"try a larger --workspace than {workspace_mib} MiB or smaller --max-batch)")
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan_path.with_suffix(plan_path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(memoryview(plan))
-    os.replace(tmp, plan_path)
+    write_atomically(plan_path, plan)
     if timing_cache_path is not None:
-        Path(timing_cache_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(timing_cache_path).write_bytes(memoryview(config.get_timing_cache().serialize()))
-    return {"tensorrt": trt.__version__, "gpu": gpu_name(), "profiles": profiles, "io": io}
+        built_cache = config.get_timing_cache()
+        if built_cache is None:
+            log(f"  TensorRT returned no timing cache; {timing_cache_path} left as it was")
+        else:
+            write_atomically(timing_cache_path, built_cache.serialize())
+    return {"tensorrt": trt.__version__, "gpu": gpu_name(), "profiles": profiles, "io": io,
+            "tf32": bool(allow_tf32)}
 
 
 def check_plan(plan_path):

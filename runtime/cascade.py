@@ -206,9 +206,11 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
         if chip_params is not None:
             with stats.stage("chips"):
                 probs = out["focus"][:, 1]
-                if chip_params["box_score"] is not None:
+                if chip_params["box_score"] is not None:  # (paint_boxes returns a new array)
                     probs = paint_detections(ctx, probs, dets, det_input, batch_regions, chip_params["box_score"],
                                              ctx.params.valid_ranges[scale_index + 1])
+                else:  # kept past the next infer, which may overwrite the backend's outputs (backends: ownership)
+                    probs = probs.clone()
                 maps.append((probs, idx, batch_regions))
     if chip_params is None:
         return concat(ctx, parts), None

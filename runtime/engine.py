@@ -11,9 +11,11 @@ Parameters (runtime/params.py) come from the bundle, overridden per engine (Auto
 **overrides)) and per call (engine(image, **overrides)); unknown names raise TypeError.
 device=None: "cuda" when the chosen backend runs there, else "cpu". On CUDA, images, network outputs
 and post-processing stay on the GPU (FocusChips run on a host copy of the small focus maps unless
-chips_on_host=False; decode reads no candidate count unless padded_decode=False); last_stats["host_syncs"]
-counts the host synchronisations torch sees (torch.cuda sync debug mode) plus one per onnxruntime batch
-(its run ends with one).
+chips_on_host=False; decode reads no candidate count unless padded_decode=False).
+count_host_syncs=True (an attribute, for benchmarks; off by default): last_stats["host_syncs"] counts the
+host synchronisations torch sees plus one per onnxruntime batch (its run ends with one). Counting sets
+torch's process-wide sync debug mode to "warn" and records warnings for the call's duration (not
+thread-safe); off, the engine leaves both as the user set them and host_syncs is None.
 cuda_graphs (torch backend on CUDA; None = on there): replay the network from one CUDA graph per input
 shape (runtime/backends/torch.py). sync_stages=True (an attribute, for profiling): on CUDA, wait for the
 device at the end of every stage, so last_stats' stage times hold the GPU work each stage queued rather
@@ -69,6 +71,7 @@ class AutoFocusEngine:
             # TensorRT profile sizes): each call also costs a decode and a host read of its count.
             self._base["max_batch"] = CUDA_MAX_BATCH
         self.sync_stages = False
+        self.count_host_syncs = False
         self.params = self._resolve({})  # fails now, not at the first image
         self.last_stats: dict | None = None
         self._ort_runs = 0
@@ -144,8 +147,9 @@ class AutoFocusEngine:
 
     @contextmanager
     def _count_syncs(self, stats: RunStats):
-        """On CUDA: counts the synchronising torch operations of the call (sync debug mode "warn")."""
-        if self.device != "cuda":
+        """With count_host_syncs on CUDA: counts the synchronising torch operations of the call (sync debug
+        mode "warn", process-wide for the call). Otherwise touches nothing."""
+        if self.device != "cuda" or not self.count_host_syncs:
             yield
             return
         previous = torch.cuda.get_sync_debug_mode()

@@ -334,6 +334,7 @@ def test_cuda_engine_matches_cpu(bundle, images, backend, padding, chips_on_host
         pytest.skip(reason)
     gpu = AutoFocusEngine(bundle, backend=backend, device="cuda", padding=padding, chips_on_host=chips_on_host,
                           padded_decode=padded_decode)
+    gpu.count_host_syncs = True
     cpu = AutoFocusEngine(bundle, backend="onnxruntime", device="cpu", padding=padding)
     for mode in ("autofocus", "sniper"):
         for image in images:

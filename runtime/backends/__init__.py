@@ -5,8 +5,17 @@ Each module (tensorrt, onnxruntime, torch) defines
     Backend(bundle, device)                              with
         name, device ("cpu" | "cuda"), io ("numpy" | "torch": the array kind infer takes and returns),
         fixed_shapes (True: only the bundle's bucket shapes run), load() -> self, input_specs(),
-        infer(batch) -> {"scores", "ltrb", "focus"} (docs/contract.md), close(), context manager.
+        infer(batch) -> {"scores", "ltrb", "focus"} (docs/contract.md; valid until the next infer, see
+        "Output ownership" below), close(), context manager.
 No registry: `load_backend` imports runtime.backends.<name> when it is asked for.
+
+Output ownership (the contract every backend keeps and every caller relies on): the arrays infer
+returns are valid until the next infer call on the same backend, whatever its shape or profile. A
+backend may return views of memory it reuses (TensorRT: one output buffer per optimization profile,
+overwritten by the next batch on that profile); a caller that keeps an output, or anything viewing it,
+past its next infer copies it first (runtime/cascade.py run_scale does for the focus maps it reads after
+the scale's last batch). On CUDA the outputs are produced on the stream current at the call, in stream
+order: work queued on that stream after infer returns may read them without a synchronisation.
 """
 from __future__ import annotations
 

@@ -1,9 +1,13 @@
 """ONNX Runtime backend: model.onnx on the CUDA execution provider, or on the CPU.
 
-CPU: NumPy in, NumPy out. CUDA: torch CUDA tensors in and out through IO binding (no host copies); the
-session runs on torch's current stream (user_compute_stream, read at load time), so no extra
-synchronisation is needed between the ops and the network. ONNX Runtime's run ends with a stream
-synchronisation of its own: one host sync per batch on CUDA.
+CPU: NumPy in, NumPy out. CUDA: torch CUDA tensors in and out through IO binding (no host copies). The
+session's compute stream is fixed when it is made (user_compute_stream: torch's current stream at
+load()); a call made while another stream is current (inside torch.cuda.stream(s)) is ordered with it on
+the device: the session's stream waits for the caller's before the run, and the caller's waits for the
+session's after it (events, no host sync). ONNX Runtime's run ends with a stream synchronisation of its
+own: one host sync per batch on CUDA.
+Output ownership: every infer() returns arrays allocated for that call (stronger than the contract in
+runtime/backends/__init__.py: later calls never touch them).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ class Backend:
         self.io = "torch" if device == "cuda" else "numpy"
         self.session = None
         self._device_id = 0
+        self._stream = None   # the session's compute stream (torch.cuda.Stream), on CUDA
 
     def load(self):
         import onnxruntime as ort
@@ -44,7 +49,8 @@ class Backend:
         if self.device == "cuda":
             import torch
             self._device_id = torch.cuda.current_device()
-            stream = torch.cuda.current_stream().cuda_stream
+            self._stream = torch.cuda.current_stream()
+            stream = self._stream.cuda_stream
             providers = [("CUDAExecutionProvider", {"device_id": self._device_id, "has_user_compute_stream": "1",
                                                     "user_compute_stream": str(stream)}), "CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(self.bundle.path(MODEL_FILE)), options, providers=providers)
@@ -70,6 +76,12 @@ class Backend:
         import torch
         if not (isinstance(batch, torch.Tensor) and batch.is_cuda):
             raise TypeError("batch: expected a CUDA torch tensor for onnxruntime on cuda")
+        if batch.device != torch.device("cuda", self._device_id):
+            raise ValueError(f"batch: on {batch.device}, the session was made on cuda:{self._device_id}")
+        caller = torch.cuda.current_stream(batch.device)
+        other_stream = caller != self._stream
+        if other_stream:
+            self._stream.wait_stream(caller)  # the batch was written on the caller's stream
         batch = batch.contiguous()
         binding = self.session.io_binding()
         binding.bind_input(self._input, "cuda", self._device_id, np.float32, tuple(batch.shape), batch.data_ptr())
@@ -78,6 +90,8 @@ class Backend:
         for name, t in outs.items():
             binding.bind_output(name, "cuda", self._device_id, np.float32, tuple(t.shape), t.data_ptr())
         self.session.run_with_iobinding(binding)
+        if other_stream:
+            caller.wait_stream(self._stream)  # the outputs are written on the session's stream
         return outs
 
     def close(self):

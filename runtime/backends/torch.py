@@ -10,6 +10,8 @@ copied into the graph's static input, replayed, and the outputs are sliced back 
 (the next replay overwrites the static outputs). Padding is sound because the items of a batch are
 independent (BatchNorm runs in eval mode). If a capture fails, the backend warns once and runs eagerly
 from then on.
+Output ownership: the outputs of infer() are the caller's (graph outputs are cloned), stronger than the
+contract in runtime/backends/__init__.py.
 """
 from __future__ import annotations
 

@@ -76,8 +76,7 @@ void connected_components_cuda(const uint8_t* mask, int height, int width, int32
   AF_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, static_cast<const int32_t*>(nullptr),
                                               static_cast<int32_t*>(nullptr), n, s));
   char* scratch = nullptr;
-  keep_pool_memory();
-  AF_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch), 2 * sizeof(int32_t) * n + scan_bytes, s));
+  scratch_malloc_async(reinterpret_cast<void**>(&scratch), 2 * sizeof(int32_t) * n + scan_bytes, s);
   int32_t* flags = reinterpret_cast<int32_t*>(scratch);
   int32_t* ranks = flags + n;
   void* scan_storage = scratch + 2 * sizeof(int32_t) * n;

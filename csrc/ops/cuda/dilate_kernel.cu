@@ -30,8 +30,7 @@ void dilate_cuda(const uint8_t* mask, int height, int width, int d, uint8_t* out
   if (n == 0) return;
   cudaStream_t s = as_stream(stream);
   uint8_t* rows = nullptr;
-  keep_pool_memory();
-  AF_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&rows), n, s));
+  scratch_malloc_async(reinterpret_cast<void**>(&rows), n, s);
   const unsigned blocks = static_cast<unsigned>((n + detail::kDilateThreads - 1) / detail::kDilateThreads);
   detail::dilate_rows_kernel<<<blocks, detail::kDilateThreads, 0, s>>>(mask, height, width, d / 2, rows);
   cudaError_t launch = cudaGetLastError();

@@ -188,8 +188,7 @@ void focus_chips_batched_cuda(const float* probs, const int32_t* valid_hw, int b
   // int32 arrays first (labels, ranks, rects, previous, counts, bad), then the uint8 masks.
   const int64_t ints = batch * (2 * map_size + 8 * max_rects + 2);
   char* block = nullptr;
-  keep_pool_memory();
-  AF_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&block), ints * sizeof(int32_t) + 2 * batch * map_size, s));
+  scratch_malloc_async(reinterpret_cast<void**>(&block), ints * sizeof(int32_t) + 2 * batch * map_size, s);
   detail::FocusScratch scratch;
   scratch.labels = reinterpret_cast<int32_t*>(block);
   scratch.ranks = scratch.labels + batch * map_size;

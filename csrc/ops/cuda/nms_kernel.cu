@@ -70,6 +70,7 @@ __global__ void nms_walk_kernel(const uint64_t* mask, const int64_t* order, int6
 
 void nms_cuda(const float* boxes, const float* scores, const int64_t* labels, int64_t n, float iou_threshold,
               int64_t* keep, int64_t* out_count, std::uintptr_t stream) {
+  check_nms_size(n);
   cudaStream_t s = as_stream(stream);
   if (n == 0) {
     AF_CUDA_CHECK(cudaMemsetAsync(out_count, 0, sizeof(int64_t), s));

@@ -20,8 +20,7 @@ template <typename T>
 class StreamBuffer {
  public:
   StreamBuffer(size_t count, cudaStream_t stream) : stream_(stream) {
-    keep_pool_memory();
-    if (count > 0) AF_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ptr_), count * sizeof(T), stream));
+    if (count > 0) scratch_malloc_async(reinterpret_cast<void**>(&ptr_), count * sizeof(T), stream);
   }
   ~StreamBuffer() {
     if (ptr_ != nullptr) cudaFreeAsync(ptr_, stream_);
