@@ -21,6 +21,7 @@
 #include "ops/nms.h"
 #include "ops/paint_boxes.h"
 #include "ops/soft_nms.h"
+#include "ops/soft_nms_components.h"
 #include "ops/stack_prune.h"
 #include "ops/top_k.h"
 
@@ -235,6 +236,22 @@ PYBIND11_MODULE(_C, m) {
       py::gil_scoped_release release;
       k = autofocus::soft_nms_cpu(boxes.data(), scores.data(), labels_ptr(labels), n, method, sigma, iou_threshold,
                                   score_threshold, max_output, keep.data(), out_scores.data());
+    }
+    return py::make_tuple(py::array_t<int64_t>(k, keep.data()), py::array_t<float>(k, out_scores.data()));
+  });
+  // The CUDA component kernel's algorithm run serially on the CPU (tests only; at most 2,048 boxes).
+  m.def("soft_nms_components_cpu", [labels_ptr](F32 boxes, F32 scores, std::optional<I64> labels, int method,
+                                                float sigma, float iou_threshold, float score_threshold,
+                                                int64_t max_output) {
+    const int64_t n = scores.shape(0);
+    std::vector<int64_t> keep(n);
+    std::vector<float> out_scores(n);
+    int64_t k;
+    {
+      py::gil_scoped_release release;
+      k = autofocus::soft_nms_components_cpu(boxes.data(), scores.data(), labels_ptr(labels), n, method, sigma,
+                                             iou_threshold, score_threshold, max_output, keep.data(),
+                                             out_scores.data());
     }
     return py::make_tuple(py::array_t<int64_t>(k, keep.data()), py::array_t<float>(k, out_scores.data()));
   });
