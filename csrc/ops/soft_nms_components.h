@@ -44,7 +44,15 @@ AF_HD float float_from_order_bits(uint32_t key) {
   return bits.f;
 }
 
+// Keys use the low 32 + kSoftNmsIndexBits bits; "no key" sorts after every key within them.
+constexpr int kSoftNmsKeyBits = 32 + kSoftNmsIndexBits;
 constexpr uint64_t kSoftNmsNoKey = ~uint64_t{0};
+
+// The component number of box j once each root holds -(number + 2) and every other box its root.
+AF_HD int32_t soft_nms_component_of(const int32_t* parent, int32_t j) {
+  const int32_t v = parent[j];
+  return v < 0 ? -v - 2 : -parent[v] - 2;
+}
 
 // Sweep order: x1 ascending (index in the low bits).
 AF_HD uint64_t soft_nms_x1_key(float x1, int32_t index) {

@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "cuda_utils.cuh"
+#include "ops/cuda/block_scan.cuh"
 #include "ops/connected_components.h"
 #include "ops/dilate.h"
 #include "ops/focus_chips.h"
@@ -147,29 +148,6 @@ __global__ void __launch_bounds__(kFocusThreads)
 }
 
 // ---- the shared-memory kernel ----
-
-// Exclusive scan of one int32 per thread over the block (every thread calls it); *total gets the sum.
-// warp_totals: 32 shared ints. Synchronisation: the first barrier publishes the warp totals, the second
-// keeps the next call from overwriting them before every thread has read them.
-__device__ int32_t block_exclusive_scan(int32_t value, int32_t* warp_totals, int32_t* total) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  int32_t inclusive = value;
-  for (int offset = 1; offset < 32; offset <<= 1) {
-    const int32_t up = __shfl_up_sync(0xffffffffu, inclusive, offset);
-    if (lane >= offset) inclusive += up;
-  }
-  if (lane == 31) warp_totals[warp] = inclusive;
-  __syncthreads();
-  int32_t before = 0, sum = 0;
-  for (int v = 0; v < warps; ++v) {
-    const int32_t t = warp_totals[v];
-    before += v < warp ? t : 0;
-    sum += t;
-  }
-  __syncthreads();
-  *total = sum;
-  return before + inclusive - value;
-}
 
 // One block of kFocusBlockThreads per map; dynamic shared memory: focus_block_bytes(height, width).
 // Every step below is a loop over the block's threads with a __syncthreads() after it (the next step
