@@ -5,6 +5,10 @@ OpenCV / NumPy path a user would otherwise write, and prints one table of median
 
 Sizes: a focus map of 88 x 125 cells (a 1400 x 2000 scale at stride 16), 2,000 boxes for NMS and
 Soft-NMS, 32 chips for crop-resize, a 5-class stride-8 output of a 512 x 512 chip for decode.
+
+With a GPU it also prints the kernels' own device time (CUDA events around calls enqueued back to back,
+no argument checks and no host reads) for the two targets of issue 20: Algorithm 1 on a batch of 8 focus
+maps (<= 50 us) and Soft-NMS on 2,000 boxes of one class (<= 0.3 ms).
 """
 from __future__ import annotations
 
@@ -189,6 +193,8 @@ def cases(rng):
     det_ltrb = rng.uniform(2, 60, (1, 4, 64, 64)).astype(np.float32)
     chip = np.array([200, 150, 700, 650], np.float32)
     maps = np.stack([focus_map(rng) for _ in range(4)])
+    batch_maps = np.stack([focus_map(rng) for _ in range(8)])
+    batch_valid = np.array([[88, 125]] * 8, np.int32)
     paint = boxes[:300] * np.float32(0.5)  # 300 boxes over 4 maps of 88 x 125 cells (1,408 x 2,000 px)
     paint_index = rng.integers(0, 4, 300).astype(np.int64)
     return [
@@ -198,6 +204,9 @@ def cases(rng):
          lambda: cv2.connectedComponentsWithStats(dilated, connectivity=8), {"mask": dilated}),
         ("focus_chips", "88x125, t=0.2 d=3 k=20", lambda a: ops.focus_chips(a["prob"], 0.2, 3, 20),
          lambda: opencv_focus_chips(prob, 0.2, 3, 20), {"prob": prob}),
+        ("focus_chips_batched", "8 maps 88x125, t=0.2 d=3 k=20",
+         lambda a: ops.focus_chips_batched(a["probs"], a["valid"], 0.2, 3, 20),
+         lambda: [opencv_focus_chips(p, 0.2, 3, 20) for p in batch_maps], {"probs": batch_maps, "valid": batch_valid}),
         ("crop_resize", "32 chips -> 640x640 fp32", lambda a: ops.crop_resize(
             a["image"], a["chips"], np.full(32, 2.9, np.float32), out_hw, MEAN, STD),
          lambda: opencv_crop_resize(image, chips, 2.9, out_hw), {"image": image, "chips": chips}),
@@ -239,6 +248,64 @@ def run(repeats: int = 30, seed: int = 0) -> list[dict]:
     return rows
 
 
+def device_ms(enqueue, torch, repeats: int, calls: int = 20) -> float:
+    """Median device time of one call: `calls` calls enqueued back to back between two CUDA events."""
+    enqueue()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            enqueue()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
+def kernel_rows(torch, repeats: int, seed: int = 1) -> list[dict]:
+    """Device time of the focus_chips and Soft-NMS kernels through runtime._C (issue 20's targets)."""
+    from runtime import _C
+    rng = np.random.default_rng(seed)
+    stream = torch.cuda.current_stream().cuda_stream
+    cuda = lambda a: torch.from_numpy(np.ascontiguousarray(a)).cuda()  # noqa: E731
+    rows = []
+    batch = 8
+    probs = cuda(np.stack([focus_map(rng) for _ in range(batch)]))
+    valid = cuda(np.array([[88, 125]] * batch, np.int32))
+    rows_out = batch * ((88 + 1) // 2) * ((125 + 1) // 2)
+    chips = torch.empty((rows_out, 4), dtype=torch.int32, device="cuda")
+    index = torch.empty((rows_out,), dtype=torch.int32, device="cuda")
+    status = torch.empty(2, dtype=torch.int32, device="cuda")
+    rows.append({"kernel": "focus_chips_batched_cuda", "size": "8 maps 88x125, t=0.2 d=3 k=20", "target_ms": 0.05,
+                 "device_ms": device_ms(lambda: _C.focus_chips_batched_cuda(
+                     probs.data_ptr(), valid.data_ptr(), batch, 88, 125, 0.2, 3, 20, chips.data_ptr(),
+                     index.data_ptr(), status.data_ptr(), stream), torch, repeats)})
+    boxes, scores, _ = clustered_boxes(rng)
+    boxes, scores = cuda(boxes), cuda(scores)
+    n = boxes.shape[0]
+    keep = torch.empty((n,), dtype=torch.int64, device="cuda")
+    out = torch.empty((n,), dtype=torch.float32, device="cuda")
+    count = torch.empty((1,), dtype=torch.int64, device="cuda")
+    rows.append({"kernel": "soft_nms_cuda", "size": "2,000 boxes, one class, gaussian", "target_ms": 0.3,
+                 "device_ms": device_ms(lambda: _C.soft_nms_cuda(
+                     boxes.data_ptr(), scores.data_ptr(), 0, n, 1, 0.55, 0.3, 0.001, -1, keep.data_ptr(),
+                     out.data_ptr(), count.data_ptr(), stream), torch, repeats)})
+    for r in rows:
+        r["of_target"] = r["device_ms"] / r["target_ms"]
+    return rows
+
+
+def format_kernel_table(rows) -> str:
+    head = f"{'kernel (device time)':<28}{'size':<36}{'device ms':>11}{'target ms':>11}{'of target':>11}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['kernel']:<28}{r['size']:<36}{r['device_ms']:>11.4f}{r['target_ms']:>11.3f}"
+                     f"{r['of_target']:>10.2f}x")
+    return "\n".join(lines)
+
+
 def format_table(rows) -> str:
     has_cuda = any("cuda_ms" in r for r in rows)
     head = f"{'op':<22}{'size':<28}{'ours CPU ms':>12}{'OpenCV/NumPy ms':>17}{'speed-up':>10}"
@@ -261,9 +328,18 @@ def main(argv=None) -> int:
     rows = run(args.repeats)
     print(f"machine: {platform.processor() or platform.machine()}, cuda kernels built: {ops.with_cuda()}")
     print(format_table(rows))
+    kernels = []
+    try:
+        import torch
+        if torch.cuda.is_available() and ops.with_cuda():
+            kernels = kernel_rows(torch, args.repeats)
+            print()
+            print(format_kernel_table(kernels))
+    except ImportError:
+        pass
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": platform.platform(), "rows": rows}, f, indent=2)
+            json.dump({"machine": platform.platform(), "rows": rows, "kernels": kernels}, f, indent=2)
     return 0
 
 

@@ -22,10 +22,12 @@
 #include "ops/crop_resize.h"
 #include "ops/dilate.h"
 #include "ops/focus_chips.h"
+#include "ops/focus_chips_block.h"
 #include "ops/decode.h"
 #include "ops/nms.h"
 #include "ops/paint_boxes.h"
 #include "ops/soft_nms.h"
+#include "ops/soft_nms_components.h"
 #include "ops/stack_prune.h"
 #include "ops/top_k.h"
 
@@ -99,41 +101,48 @@ PYBIND11_MODULE(_C, m) {
     }, py::arg("mask"));
 
     // Returns (chips (M, 4) int32, batch_index (M,) int32, index of the first map holding NaN/inf or -1).
-    m.def("focus_chips_batched_cpu", [](f32_array probs, i32_array valid_hw, float threshold, int dilation,
-                                        int min_size) {
-      autofocus::check_arg(probs.ndim() == 3, "probs: expected 3 dimensions");
-      autofocus::check_arg(valid_hw.ndim() == 2 && valid_hw.shape(0) == probs.shape(0) && valid_hw.shape(1) == 2,
-                           "valid_hw: expected shape (batch, 2)");
-      autofocus::check_arg(dilation >= 1 && dilation % 2 == 1, "dilation: expected an odd size >= 1");
-      autofocus::check_arg(min_size >= 1, "min_size: expected >= 1");
-      const int batch = static_cast<int>(probs.shape(0));
-      const int height = static_cast<int>(probs.shape(1)), width = static_cast<int>(probs.shape(2));
-      const float* maps = probs.data();
-      const int32_t* sizes = valid_hw.data();
-      std::vector<int32_t> chips, batch_index, rects(4 * autofocus::detail::max_components(height, width));
-      int bad_map = -1;
-      {
-        py::gil_scoped_release release;
-        for (int b = 0; b < batch && bad_map < 0; ++b) {
-          const int h = sizes[2 * b], w = sizes[2 * b + 1];
-          autofocus::check_arg(h >= 0 && h <= height && w >= 0 && w <= width,
-                               "valid_hw: each (h, w) must lie within the map's (height, width)");
-          const int32_t count = autofocus::focus_chips_cpu(maps + static_cast<int64_t>(b) * height * width, h, w,
-                                                           width, threshold, dilation, min_size, rects.data());
-          if (count < 0) {
-            bad_map = b;
-            break;
+    using FocusChipsFn = int32_t (*)(const float*, int, int, int, float, int, int, int32_t*);
+    const auto focus_chips_batched = [](FocusChipsFn focus_chips) {
+      return [focus_chips](f32_array probs, i32_array valid_hw, float threshold, int dilation, int min_size) {
+        autofocus::check_arg(probs.ndim() == 3, "probs: expected 3 dimensions");
+        autofocus::check_arg(valid_hw.ndim() == 2 && valid_hw.shape(0) == probs.shape(0) && valid_hw.shape(1) == 2,
+                             "valid_hw: expected shape (batch, 2)");
+        autofocus::check_arg(dilation >= 1 && dilation % 2 == 1, "dilation: expected an odd size >= 1");
+        autofocus::check_arg(min_size >= 1, "min_size: expected >= 1");
+        const int batch = static_cast<int>(probs.shape(0));
+        const int height = static_cast<int>(probs.shape(1)), width = static_cast<int>(probs.shape(2));
+        const float* maps = probs.data();
+        const int32_t* sizes = valid_hw.data();
+        std::vector<int32_t> chips, batch_index, rects(4 * autofocus::detail::max_components(height, width));
+        int bad_map = -1;
+        {
+          py::gil_scoped_release release;
+          for (int b = 0; b < batch && bad_map < 0; ++b) {
+            const int h = sizes[2 * b], w = sizes[2 * b + 1];
+            autofocus::check_arg(h >= 0 && h <= height && w >= 0 && w <= width,
+                                 "valid_hw: each (h, w) must lie within the map's (height, width)");
+            const int32_t count = focus_chips(maps + static_cast<int64_t>(b) * height * width, h, w, width, threshold,
+                                              dilation, min_size, rects.data());
+            if (count < 0) {
+              bad_map = b;
+              break;
+            }
+            chips.insert(chips.end(), rects.begin(), rects.begin() + 4 * count);
+            batch_index.insert(batch_index.end(), count, b);
           }
-          chips.insert(chips.end(), rects.begin(), rects.begin() + 4 * count);
-          batch_index.insert(batch_index.end(), count, b);
         }
-      }
-      const py::ssize_t count = static_cast<py::ssize_t>(batch_index.size());
-      i32_array out_chips({count, py::ssize_t{4}}), out_index(count);
-      std::copy(chips.begin(), chips.end(), out_chips.mutable_data());
-      std::copy(batch_index.begin(), batch_index.end(), out_index.mutable_data());
-      return py::make_tuple(out_chips, out_index, bad_map);
-    }, py::arg("probs"), py::arg("valid_hw"), py::arg("threshold"), py::arg("dilation"), py::arg("min_size"));
+        const py::ssize_t count = static_cast<py::ssize_t>(batch_index.size());
+        i32_array out_chips({count, py::ssize_t{4}}), out_index(count);
+        std::copy(chips.begin(), chips.end(), out_chips.mutable_data());
+        std::copy(batch_index.begin(), batch_index.end(), out_index.mutable_data());
+        return py::make_tuple(out_chips, out_index, bad_map);
+      };
+    };
+    m.def("focus_chips_batched_cpu", focus_chips_batched(&autofocus::focus_chips_cpu), py::arg("probs"),
+          py::arg("valid_hw"), py::arg("threshold"), py::arg("dilation"), py::arg("min_size"));
+    // The CUDA block kernel's algorithm run thread by thread on the CPU (tests only; same signature).
+    m.def("focus_chips_block_cpu", focus_chips_batched(&autofocus::focus_chips_block_cpu), py::arg("probs"),
+          py::arg("valid_hw"), py::arg("threshold"), py::arg("dilation"), py::arg("min_size"));
 
     m.def("crop_resize_cpu", [make_norm](u8_array image, f32_array chips, f32_array scales, i32_array out_sizes,
                                          int out_height, int out_width, std::array<double, 3> mean,
@@ -269,6 +278,22 @@ PYBIND11_MODULE(_C, m) {
       py::gil_scoped_release release;
       k = autofocus::soft_nms_cpu(boxes.data(), scores.data(), labels_ptr(labels), n, method, sigma, iou_threshold,
                                   score_threshold, max_output, keep.data(), out_scores.data());
+    }
+    return py::make_tuple(py::array_t<int64_t>(k, keep.data()), py::array_t<float>(k, out_scores.data()));
+  });
+  // The CUDA component kernel's algorithm run serially on the CPU (tests only; at most 2,048 boxes).
+  m.def("soft_nms_components_cpu", [labels_ptr](F32 boxes, F32 scores, std::optional<I64> labels, int method,
+                                                float sigma, float iou_threshold, float score_threshold,
+                                                int64_t max_output) {
+    const int64_t n = scores.shape(0);
+    std::vector<int64_t> keep(n);
+    std::vector<float> out_scores(n);
+    int64_t k;
+    {
+      py::gil_scoped_release release;
+      k = autofocus::soft_nms_components_cpu(boxes.data(), scores.data(), labels_ptr(labels), n, method, sigma,
+                                             iou_threshold, score_threshold, max_output, keep.data(),
+                                             out_scores.data());
     }
     return py::make_tuple(py::array_t<int64_t>(k, keep.data()), py::array_t<float>(k, out_scores.data()));
   });

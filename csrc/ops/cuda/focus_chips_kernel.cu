@@ -1,11 +1,19 @@
-// CUDA Algorithm 1 over a batch of focus maps: one thread block per map runs every step of
-// focus_chips_cpu (threshold, dilate, union-find components, boxes, grow, paint, repeat) with the shared
-// bodies of dilate.h / connected_components.h / focus_chips.h, block-synchronised between steps; a second
-// launch gathers the chips of all maps in batch order. Scratch lives in one stream-ordered allocation.
+// CUDA Algorithm 1 over a batch of focus maps, one thread block per map, then one launch that gathers the
+// chips of all maps in batch order. Two block kernels:
+//  - focus_chips_shared_kernel (the default): focus_chips_block.h's steps with the whole map in shared
+//    memory, 1024 threads, rectangles merged as rectangles (no repainting); used when the map's arrays fit
+//    the device's shared memory per block (88 x 125 cells: 110 KB);
+//  - focus_chips_block_kernel (larger maps): every step of focus_chips_cpu (threshold, dilate, union-find
+//    components, boxes, grow, paint, repeat) in global-memory scratch.
+// Scratch lives in one stream-ordered allocation; no host synchronisation.
+#include <mutex>
+
 #include "cuda_utils.cuh"
+#include "ops/cuda/block_scan.cuh"
 #include "ops/connected_components.h"
 #include "ops/dilate.h"
 #include "ops/focus_chips.h"
+#include "ops/focus_chips_block.h"
 
 namespace autofocus {
 
@@ -139,6 +147,99 @@ __global__ void __launch_bounds__(kFocusThreads)
   }
 }
 
+// ---- the shared-memory kernel ----
+
+// One block of kFocusBlockThreads per map; dynamic shared memory: focus_block_bytes(height, width).
+// Every step below is a loop over the block's threads with a __syncthreads() after it (the next step
+// reads what other threads wrote); __syncthreads_or both synchronises and ORs a per-thread flag, so the
+// early exits and the loop's end are taken by the whole block together.
+__global__ void __launch_bounds__(kFocusBlockThreads)
+    focus_chips_shared_kernel(const float* probs, const int32_t* valid_hw, int height, int width, float threshold,
+                              int dilation, int min_size, int64_t capacity, int32_t* out_rects, int32_t* counts,
+                              int32_t* bad_maps) {
+  extern __shared__ int4 shared_memory[];  // int4: 16-byte alignment for the int32 arrays
+  __shared__ int32_t warp_totals[32];
+  const int b = blockIdx.x, tid = threadIdx.x, T = kFocusBlockThreads;
+  // The valid region, clamped to the padded map (runtime/ops.py has checked it already).
+  const int h = min(max(valid_hw[2 * b], 0), height), w = min(max(valid_hw[2 * b + 1], 0), width);
+  const FocusBlock s = focus_block_layout(shared_memory, h, w, capacity);
+  const float* prob = probs + static_cast<int64_t>(b) * height * width;
+
+  bool on = false, bad = false;
+  focus_block_threshold(s, prob, width, threshold, tid, T, &on, &bad);
+  bad = __syncthreads_or(bad);
+  on = __syncthreads_or(on);
+  if (bad || !on) {
+    if (tid == 0) counts[b] = 0, bad_maps[b] = bad;
+    return;
+  }
+  const int r = dilation / 2;
+  focus_block_dilate_rows(s, r, tid, T);
+  __syncthreads();
+  focus_block_dilate_cols(s, r, tid, T);
+  __syncthreads();
+  focus_block_label_init(s, tid, T);
+  __syncthreads();
+  focus_block_label_merge(s, tid, T);  // concurrent unions: ccl_unite's atomicMin retries keep it exact
+  __syncthreads();
+  focus_block_label_compress(s, tid, T);
+  __syncthreads();
+  int32_t count;
+  const int32_t first = block_exclusive_scan(focus_block_count_pixel_roots(s, tid, T), warp_totals, &count);
+  focus_block_number_pixel_roots(s, first, tid, T);  // writes only its own chunk's roots and boxes
+  __syncthreads();
+  focus_block_pixel_boxes(s, tid, T);  // shared-memory atomics
+  __syncthreads();
+  focus_block_grow(s, count, min_size, tid, T);
+  __syncthreads();
+  while (true) {
+    focus_block_rect_init(s, count, tid, T);
+    __syncthreads();
+    if (!__syncthreads_or(focus_block_rect_merge(s, count, tid, T))) break;  // no touching pair: done
+    focus_block_rect_compress(s, count, tid, T);
+    __syncthreads();  // the root count below reads other threads' parents
+    int32_t groups;
+    const int32_t rank = block_exclusive_scan(focus_block_count_rect_roots(s, count, tid, T), warp_totals, &groups);
+    focus_block_number_rect_roots(s, count, rank, tid, T);
+    __syncthreads();
+    focus_block_rect_union(s, count, tid, T);
+    __syncthreads();
+    focus_block_rect_grow(s, groups, min_size, tid, T);
+    __syncthreads();
+    count = groups;
+  }
+  focus_block_owner_clear(s, tid, T);  // the work area's last use (parent) ended at the barrier above
+  __syncthreads();
+  focus_block_owner_mark(s, count, tid, T);
+  __syncthreads();
+  int32_t total;
+  const int32_t rank = block_exclusive_scan(focus_block_count_owners(s, tid, T), warp_totals, &total);
+  focus_block_write_chips(s, rank, out_rects + static_cast<int64_t>(b) * capacity * 4, tid, T);
+  if (tid == 0) counts[b] = count, bad_maps[b] = 0;
+}
+
+// Bytes of dynamic shared memory the shared kernel may use on the current device (0 when unknown). The
+// attribute is set once per device to the opt-in maximum (above the 48 KB default).
+inline int64_t focus_shared_limit() {
+  constexpr int kMaxDevices = 64;
+  static int64_t limits[kMaxDevices];
+  static std::once_flag once[kMaxDevices];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 0;
+  std::call_once(once[device], [device] {
+    int optin = 0;
+    cudaFuncAttributes attributes;
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+        cudaFuncGetAttributes(&attributes, focus_chips_shared_kernel) != cudaSuccess)
+      return;
+    const int dynamic = optin - static_cast<int>(attributes.sharedSizeBytes);
+    if (dynamic > 0 && cudaFuncSetAttribute(focus_chips_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            dynamic) == cudaSuccess)
+      limits[device] = dynamic;
+  });
+  return limits[device];
+}
+
 // Block b copies map b's chips after those of maps 0..b-1; the last block writes the status.
 __global__ void focus_chips_gather_kernel(const int32_t* counts, const int32_t* bad, const int32_t* rects,
                                           int64_t max_rects, int batch, int32_t* chips, int32_t* batch_index,
@@ -185,6 +286,28 @@ void focus_chips_batched_cuda(const float* probs, const int32_t* valid_hw, int b
   }
   const int64_t map_size = static_cast<int64_t>(height) * width;
   const int64_t max_rects = detail::max_components(height, width);
+  const int64_t shared_bytes = detail::focus_block_bytes(height, width);
+  if (shared_bytes <= detail::focus_shared_limit()) {
+    // rects (batch * max_rects * 4), counts (batch), bad (batch): all int32.
+    int32_t* block = nullptr;
+    keep_pool_memory();
+    AF_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&block), batch * (4 * max_rects + 2) * sizeof(int32_t), s));
+    int32_t* rects = block;
+    int32_t* counts = rects + batch * max_rects * 4;
+    int32_t* bad = counts + batch;
+    detail::focus_chips_shared_kernel<<<batch, detail::kFocusBlockThreads, shared_bytes, s>>>(
+        probs, valid_hw, height, width, threshold, dilation, min_size, max_rects, rects, counts, bad);
+    cudaError_t err = cudaGetLastError();
+    if (err == cudaSuccess) {
+      detail::focus_chips_gather_kernel<<<batch, detail::kFocusThreads, 0, s>>>(counts, bad, rects, max_rects, batch,
+                                                                             chips, batch_index, status);
+      err = cudaGetLastError();
+    }
+    AF_CUDA_CHECK(cudaFreeAsync(block, s));
+    AF_CUDA_CHECK(err);
+    return;
+  }
+  // Larger maps: the global-memory kernel.
   // int32 arrays first (labels, ranks, rects, previous, counts, bad), then the uint8 masks.
   const int64_t ints = batch * (2 * map_size + 8 * max_rects + 2);
   char* block = nullptr;
