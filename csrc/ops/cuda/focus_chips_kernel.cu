@@ -290,8 +290,7 @@ void focus_chips_batched_cuda(const float* probs, const int32_t* valid_hw, int b
   if (shared_bytes <= detail::focus_shared_limit()) {
     // rects (batch * max_rects * 4), counts (batch), bad (batch): all int32.
     int32_t* block = nullptr;
-    keep_pool_memory();
-    AF_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&block), batch * (4 * max_rects + 2) * sizeof(int32_t), s));
+    scratch_malloc_async(reinterpret_cast<void**>(&block), batch * (4 * max_rects + 2) * sizeof(int32_t), s);
     int32_t* rects = block;
     int32_t* counts = rects + batch * max_rects * 4;
     int32_t* bad = counts + batch;
