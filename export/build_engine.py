@@ -24,7 +24,7 @@ from pathlib import Path
 from export import buckets as bucket_rules
 from export import export_onnx as exporter
 from runtime.backends.tensorrt import tensorrt_unavailable_reason
-from runtime.bundle import Bundle, load_bundle, write_bundle
+from runtime.bundle import CASCADE_KEYS, Bundle, default_input, load_bundle, write_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "model" / "checkpoints" / "default.pt"
@@ -59,14 +59,13 @@ def load_network(checkpoint=DEFAULT_CHECKPOINT, random_init: bool = False, seed:
 
 
 def cascade_parameters(config: dict) -> dict:
-    """Bundle fields (scales, valid ranges, chip/soft-NMS parameters, input normalisation) from the
-    model configuration where it sets them; the Bundle's defaults (docs/design.md) otherwise."""
+    """Bundle fields from the model configuration: input normalisation and strides where it sets them
+    (the runtime's conventions otherwise), and the cascade's parameters (runtime.bundle.CASCADE_KEYS,
+    which have no default in the runtime) from its "inference" section."""
     fields = {}
     inp = config.get("input", {})
     if "mean_rgb" in inp and "std_rgb" in inp:
-        fields["input"] = {**Bundle(classes=["x"], buckets=[], max_batch=[]).input,
-                           "mean": list(inp["mean_rgb"]), "std": list(inp["std_rgb"]),
-                           "size_divisor": int(inp.get("size_divisor", 32))}
+        fields["input"] = default_input(inp["mean_rgb"], inp["std_rgb"], inp.get("size_divisor", 32))
     net = config.get("network", {})
     if "det_stride" in net and "focus_stride" in net:
         fields["strides"] = {"detection": int(net["det_stride"]), "focus": int(net["focus_stride"])}
@@ -74,7 +73,7 @@ def cascade_parameters(config: dict) -> dict:
     # model/configs/default.json "inference" section (same names as the bundle), not the checkpoint's.
     from model.config import load_config
     inference = load_config()["inference"]
-    for key in ("scales", "valid_ranges", "chip_params", "decode", "soft_nms", "max_detections"):
+    for key in CASCADE_KEYS:
         fields[key] = inference[key]
     return fields
 
@@ -118,9 +117,7 @@ def build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=DEFAULT_OUT, precision: str 
     model, config = load_network(checkpoint, random_init, seed)
     classes = list(config["classes"])
     params = cascade_parameters(config)
-    defaults = Bundle(classes=classes, buckets=[], max_batch=[])
-    scales = params.get("scales", defaults.scales)
-    chip_params = params.get("chip_params", defaults.chip_params)
+    scales, chip_params = params["scales"], params["chip_params"]
     bucket_list = parse_buckets(buckets, scales, chip_params) if not isinstance(buckets, (list, tuple)) \
         else parse_buckets(",".join(f"{h}x{w}" for h, w in buckets), scales, chip_params)
     batches = bucket_rules.max_batch_per_bucket(bucket_list, max_batch)

@@ -113,14 +113,24 @@ def chip_quality(chips: np.ndarray, gt_boxes: np.ndarray, image_hw) -> tuple[int
     return int(inside.sum()), len(gt_boxes), float(covered.mean()) if covered.size else 0.0
 
 
-def coco_eval(coco_set, detections: dict[int, tuple]):
+def coco_eval(coco_set, detections: dict[int, tuple], valid_range=None):
     """pycocotools' COCOeval of {image_id: (boxes, scores, labels)} after evaluate() (per image and
-    category; accumulate() not yet run), or None when there is no detection at all."""
+    category; accumulate() not yet run), or None when there is no detection at all.
+
+    valid_range: (lo, hi) in sqrt(box area) pixels (hi None, inf or negative: no upper bound), the SNIP
+    rule of one scale (in_valid_range): COCO's area range "all" becomes [lo^2, hi^2] over the boxes' own
+    areas (w * h, not the file's "area"), so a ground truth outside it is ignored (neither found nor
+    missed), and so is a detection outside it that matches nothing."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(coco_set.annotations_path))
+    if valid_range is not None:
+        lo, hi = float(valid_range[0]), _upper(valid_range[1])
+        hi = math.inf if hi < 0 else hi
+        for ann in gt.anns.values():
+            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
     cat_ids = sorted(gt.getCatIds())
     results = []
     for image_id, (boxes, scores, labels) in detections.items():
@@ -133,6 +143,8 @@ def coco_eval(coco_set, detections: dict[int, tuple]):
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, "bbox")
         ev.params.imgIds = sorted(detections)
+        if valid_range is not None:
+            ev.params.areaRng[0] = [lo * lo, hi * hi]
         ev.evaluate()
     return ev
 

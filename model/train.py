@@ -36,6 +36,7 @@ from model.checkpoint import read_checkpoint, save_checkpoint
 from model.chips import Chip, chip_boxes, negative_chips, positive_chips, render_chip
 from model.config import load_config
 from model.data import read_image
+from model.evaluate import coco_eval, metrics_of
 from model.labels import detection_targets, focus_labels, valid_range_mask
 from model.network import AutoFocusNet, build_model
 
@@ -242,55 +243,6 @@ def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (aa[:, None] + ab[None] - inter + 1e-9)
 
 
-def average_precision_50(dets: list, gts: list, num_classes: int) -> float:
-    """VOC-style (all-point) AP at IoU 0.5, mean over classes with ground truth. A proxy for progress.
-
-    dets: per image (boxes, scores, labels); gts: per image (boxes, labels, ignore mask).
-    Detections matching an ignored ground truth are neither TP nor FP.
-    """
-    aps = []
-    for c in range(num_classes):
-        records, n_gt = [], 0
-        for (db, ds, dl), (gb, gl, gi) in zip(dets, gts):
-            dsel, gsel = dl == c, gl == c
-            gbc, gic = gb[gsel], gi[gsel]
-            n_gt += int((~gic).sum())
-            dbc, dsc = db[dsel], ds[dsel]
-            order = np.argsort(-dsc)
-            dbc, dsc = dbc[order], dsc[order]
-            iou = box_iou_np(dbc, gbc)
-            used = np.zeros(len(gbc), bool)
-            for j in range(len(dbc)):
-                if len(gbc):
-                    cand = np.where(~used, iou[j], -1)
-                    m = int(np.argmax(cand))
-                    if cand[m] >= 0.5:
-                        used[m] = True
-                        if not gic[m]:
-                            records.append((dsc[j], 1))
-                        continue
-                    if (iou[j][gic] >= 0.5).any() if gic.any() else False:
-                        continue
-                records.append((dsc[j], 0))
-        if n_gt == 0:
-            continue
-        if not records:
-            aps.append(0.0)
-            continue
-        records.sort(key=lambda r: -r[0])
-        tp = np.cumsum([r[1] for r in records])
-        fp = np.cumsum([1 - r[1] for r in records])
-        recall = tp / n_gt
-        precision = tp / np.maximum(tp + fp, 1e-9)
-        mrec = np.concatenate([[0], recall, [1]])
-        mpre = np.concatenate([[0], precision, [0]])
-        for i in range(len(mpre) - 2, -1, -1):
-            mpre[i] = max(mpre[i], mpre[i + 1])
-        idx = np.where(mrec[1:] != mrec[:-1])[0]
-        aps.append(float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1])))
-    return float(np.mean(aps)) if aps else 0.0
-
-
 def focus_recall(focus_prob: np.ndarray, boxes_original: np.ndarray, factor: float, threshold: float,
                  stride: int = 16) -> tuple[int, int]:
     """How many boxes overlap at least one focus cell with probability >= threshold: (hits, total)."""
@@ -306,28 +258,23 @@ def focus_recall(focus_prob: np.ndarray, boxes_original: np.ndarray, factor: flo
 
 @torch.no_grad()
 def quick_validate(model: AutoFocusNet, coco, config: dict) -> dict:
-    """AP50 at one scale (SNIP valid range, other gts ignored) + FocusPixel recall of small objects."""
+    """AP50 at one scale (pycocotools, model.evaluate.coco_eval, in the scale's SNIP valid range: other
+    ground truths ignored) as a fraction, and the FocusPixel recall of small objects."""
     v = config["validation"]
     scales = config["chips"]["scales"]
     was_training = model.training
     model.eval()
     n = min(v["images"], len(coco.images))
-    dets, gts = [], []
+    dets = {}
     f1_hits = f1_tot = f2_hits = f2_tot = 0
-    lo, hi = v["valid_range"]
-    hi = math.inf if hi < 0 else hi
     for info in coco.images[:n]:
         img = read_image(info["path"])
         gb = coco.boxes.get(info["id"], np.zeros((0, 4), np.float32))
-        gl = coco.labels.get(info["id"], np.zeros((0,), np.int64))
         gsize = np.sqrt(np.clip(gb[:, 2] - gb[:, 0], 0, None) * np.clip(gb[:, 3] - gb[:, 1], 0, None))
         f2 = scale_factor(info["height"], info["width"], scales[v["scale_index"]])
         boxes, scores, labels, focus2 = detect_resized(model, img, f2, config, v["score_threshold"],
                                                        v["max_detections"])
-        dsize = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
-        inr = (dsize >= lo) & (dsize <= hi)
-        dets.append((boxes[inr], scores[inr], labels[inr]))
-        gts.append((gb, gl, ~((gsize >= lo) & (gsize <= hi))))
+        dets[info["id"]] = (boxes, scores, labels)
         h, c = focus_recall(focus2, gb[gsize < v["small_below_scale2"]], f2, v["focus_threshold_scale2"])
         f2_hits, f2_tot = f2_hits + h, f2_tot + c
         f1 = scale_factor(info["height"], info["width"], scales[0])
@@ -335,8 +282,8 @@ def quick_validate(model: AutoFocusNet, coco, config: dict) -> dict:
         h, c = focus_recall(focus1, gb[gsize < v["small_below_scale1"]], f1, v["focus_threshold_scale1"])
         f1_hits, f1_tot = f1_hits + h, f1_tot + c
     model.train(was_training)
-    return {"ap50": average_precision_50(dets, gts, len(coco.classes)),
-            "focus_recall_s1": f1_hits / max(f1_tot, 1), "focus_recall_s2": f2_hits / max(f2_tot, 1)}
+    ap50 = metrics_of(coco_eval(coco, dets, valid_range=v["valid_range"]))["AP50"] / 100.0
+    return {"ap50": ap50, "focus_recall_s1": f1_hits / max(f1_tot, 1), "focus_recall_s2": f2_hits / max(f2_tot, 1)}
 
 
 @torch.no_grad()

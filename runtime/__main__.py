@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import cli_options
 from .engine import MODES, AutoFocusEngine
 
 CHIP_COLOURS = [(255, 128, 0), (0, 200, 0), (0, 0, 255), (0, 220, 220)]  # BGR per scale
@@ -50,24 +51,27 @@ def _annotation_ids(path, classes):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.splitlines()[0])
     p.add_argument("images", nargs="+", type=Path, help="image files")
-    p.add_argument("--bundle", default="bundles/default", help="bundle folder (export/build_engine.py)")
+    p.add_argument("--bundle", default=None, help="bundle folder (export/build_engine.py; default: bundles/default "
+                                                 "of this checkout, else of the current folder)")
     p.add_argument("--mode", choices=MODES, default="autofocus")
-    p.add_argument("--scale", type=int, default=None, help="--mode single: which scale (1-based)")
+    p.add_argument("--scale", type=int, default=None, help="--mode single (required there): which scale (1-based)")
     p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--out", type=Path, default=None, help="COCO results JSON (default: stdout)")
     p.add_argument("--viz", type=Path, default=None, help="folder for one PNG per image")
     p.add_argument("--annotations", type=Path, default=None, help="COCO file giving image and category ids")
+    cli_options.add_arguments(p)
     args = p.parse_args(argv)
+    overrides = cli_options.engine_overrides(p, args)
     try:
-        overrides = {} if args.scale is None else {"scale": args.scale}
-        engine = AutoFocusEngine(args.bundle, backend=args.backend, device=args.device, **overrides)
+        bundle = cli_options.bundle_folder(args.bundle)
+        engine = AutoFocusEngine(bundle, backend=args.backend, device=args.device, **overrides)
         image_ids, category_ids = ({}, None) if args.annotations is None \
             else _annotation_ids(args.annotations, engine.classes)
         print(f"{engine.backend_name} on {engine.device}, mode {args.mode}", file=sys.stderr)
         results = []
         for path in args.images:
-            det = engine(path, mode=args.mode)
+            det = cli_options.above_threshold(engine(path, mode=args.mode), args.score_threshold)
             entries = det.to_coco(image_ids.get(path.name, path.name))
             if category_ids is not None:
                 for e in entries:

@@ -51,34 +51,52 @@ class BundleError(ValueError):
     """A bundle folder that cannot be used as it is: the message names the file and the fix."""
 
 
-def _default_input():
-    return {"name": INPUT_NAME, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-            "channel_order": "RGB", "image_order": "BGR", "size_divisor": 32, "pad_value": 0.0}
+def default_input(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), size_divisor: int = 32) -> dict:
+    """The bundle's "input" section: the runtime's image conventions with the network's normalisation."""
+    return {"name": INPUT_NAME, "mean": list(mean), "std": list(std), "channel_order": "RGB",
+            "image_order": "BGR", "size_divisor": int(size_divisor), "pad_value": 0.0}
+
+
+# The cascade's parameters have no default in the runtime: every bundle carries its own (export writes
+# the model's, model/configs/default.json "inference" for the shipped one), so there is one source each.
+CASCADE_KEYS = ("scales", "valid_ranges", "chip_params", "soft_nms", "max_detections", "decode")
+# The paper's reference values (docs/design.md: the authors' AutoFocus configuration), for a bundle
+# that wants them and for the tests; not used unless passed.
+PAPER_PARAMETERS = {
+    "scales": [[480, 512], [800, 1280], [1400, 2000]],
+    # sqrt(box area) in original-image pixels; None = no upper bound.
+    "valid_ranges": [[75, None], [32, 180], [0, 75]],
+    "chip_params": [{"threshold": 0.02, "dilation": 3, "min_size": 16},
+                    {"threshold": 0.2, "dilation": 3, "min_size": 20}],
+    "soft_nms": {"method": "gaussian", "sigma": 0.55, "iou_threshold": 0.3, "score_threshold": 0.001},
+    "max_detections": 200,
+    "decode": {"score_threshold": 0.05, "max_candidates": 1000},
+}
+
+
+def _required():
+    return field(kw_only=True)
 
 
 @dataclass
 class Bundle:
     """Everything the runtime needs besides the artefacts themselves. Field names are the JSON keys.
 
-    Defaults are docs/design.md's reference values (the authors' AutoFocus configuration)."""
+    The cascade's parameters (CASCADE_KEYS) are required: see PAPER_PARAMETERS for the paper's."""
     classes: list
     buckets: list                      # [[height, width], ...] multiples of 32, smallest area first
     max_batch: list                    # one int per bucket: the largest batch its profile accepts
     precision: str = "fp32"            # precision of the engines ("fp32" | "fp16")
     artefacts: dict = field(default_factory=dict)   # file name -> {"sha256": hex, "bytes": int}
     engines: list = field(default_factory=list)     # [{"file", "precision", "tensorrt", "gpu", "profiles"}]
-    input: dict = field(default_factory=_default_input)
+    input: dict = field(default_factory=default_input)
     strides: dict = field(default_factory=lambda: {"detection": 8, "focus": 16})
-    scales: list = field(default_factory=lambda: [[480, 512], [800, 1280], [1400, 2000]])
-    # sqrt(box area) in original-image pixels; None = no upper bound.
-    valid_ranges: list = field(default_factory=lambda: [[75, None], [32, 180], [0, 75]])
-    chip_params: list = field(default_factory=lambda: [
-        {"threshold": 0.02, "dilation": 3, "min_size": 16},
-        {"threshold": 0.2, "dilation": 3, "min_size": 20}])
-    soft_nms: dict = field(default_factory=lambda: {
-        "method": "gaussian", "sigma": 0.55, "iou_threshold": 0.3, "score_threshold": 0.001})
-    max_detections: int = 200
-    decode: dict = field(default_factory=lambda: {"score_threshold": 0.05, "max_candidates": 1000})
+    scales: list = _required()         # [[min_side, max_side], ...] coarse to fine
+    valid_ranges: list = _required()   # per scale [lo, hi]: sqrt(box area) in original pixels; hi None: open
+    chip_params: list = _required()    # per transition {threshold, dilation, min_size[, box_score]}
+    soft_nms: dict = _required()       # {method, sigma, iou_threshold, score_threshold}
+    max_detections: int = _required()
+    decode: dict = _required()         # {score_threshold, max_candidates}
     output_contract: dict = field(default_factory=lambda: json.loads(json.dumps(OUTPUT_CONTRACT)))
     versions: dict = field(default_factory=dict)
     parity: dict = field(default_factory=dict)      # export-time checks (max abs errors), for the record
@@ -139,6 +157,11 @@ def write_bundle(folder: str | os.PathLike, *, classes, buckets, max_batch, prec
     unknown = set(fields) - set(REQUIRED_KEYS)
     if unknown:
         raise TypeError(f"write_bundle: unknown bundle fields {sorted(unknown)} (known: {list(REQUIRED_KEYS)})")
+    missing = [k for k in CASCADE_KEYS if k not in fields]
+    if missing:
+        raise TypeError(f"write_bundle: missing bundle fields {missing}: a bundle carries its own cascade "
+                        "parameters (export passes the model configuration's \"inference\"; "
+                        "runtime.bundle.PAPER_PARAMETERS holds the paper's)")
     if artefacts is None:
         artefacts = [n for n in ARTEFACT_FILES if (folder / n).is_file()]
         artefacts += sorted(p.name for p in folder.glob("*.plan"))

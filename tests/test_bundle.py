@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from runtime.bundle import SCHEMA_VERSION, Bundle, BundleError, load_bundle, write_bundle
+from runtime.bundle import PAPER_PARAMETERS, SCHEMA_VERSION, Bundle, BundleError, load_bundle, write_bundle
 
 BUCKETS = [(480, 512), (512, 480), (576, 576)]
 
@@ -16,7 +16,7 @@ def bundle_dir(tmp_path):
     (tmp_path / "model_fp16.onnx").write_bytes(b"fp16 bytes" * 50)
     (tmp_path / "model.pt2").write_bytes(b"pt2 bytes" * 70)
     write_bundle(tmp_path, classes=["car", "person"], buckets=BUCKETS, max_batch=[8, 8, 6],
-                 precision="fp16", parity={"onnx_fp32": {"scores": 1e-7}})
+                 precision="fp16", parity={"onnx_fp32": {"scores": 1e-7}}, **PAPER_PARAMETERS)
     return tmp_path
 
 
@@ -31,7 +31,7 @@ def test_round_trip(bundle_dir):
     for name, info in b.artefacts.items():  # checksums against hashlib directly
         data = (bundle_dir / name).read_bytes()
         assert info == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    # docs/design.md reference values are the defaults.
+    # docs/design.md's reference values (the paper's), as PAPER_PARAMETERS holds them, round-trip.
     assert b.scales == [[480, 512], [800, 1280], [1400, 2000]]
     assert b.valid_ranges == [[75, None], [32, 180], [0, 75]]
     assert b.chip_params == [{"threshold": 0.02, "dilation": 3, "min_size": 16},
@@ -100,10 +100,17 @@ def test_missing_folder_and_file(tmp_path):
 
 def test_write_refuses_bad_input(tmp_path):
     with pytest.raises(BundleError, match="artefacts"):
-        write_bundle(tmp_path, classes=["a"], buckets=BUCKETS, max_batch=[1, 1, 1], artefacts=["model.onnx"])
+        write_bundle(tmp_path, classes=["a"], buckets=BUCKETS, max_batch=[1, 1, 1], artefacts=["model.onnx"],
+                     **PAPER_PARAMETERS)
     (tmp_path / "model.onnx").write_bytes(b"x")
     with pytest.raises(BundleError, match="max_batch"):
-        write_bundle(tmp_path, classes=["a"], buckets=BUCKETS, max_batch=[1])
+        write_bundle(tmp_path, classes=["a"], buckets=BUCKETS, max_batch=[1], **PAPER_PARAMETERS)
     with pytest.raises(TypeError, match="unknown bundle fields"):
-        write_bundle(tmp_path, classes=["a"], buckets=BUCKETS, max_batch=[1, 1, 1], colour="red")
+        write_bundle(tmp_path, classes=["a"], buckets=BUCKETS, max_batch=[1, 1, 1], colour="red",
+                     **PAPER_PARAMETERS)
+    # The cascade's parameters have no default: leaving one out is an error naming it.
+    for key in ("chip_params", "max_detections"):
+        partial = {k: v for k, v in PAPER_PARAMETERS.items() if k != key}
+        with pytest.raises(TypeError, match=f"missing bundle fields.*{key}"):
+            write_bundle(tmp_path, classes=["a"], buckets=BUCKETS, max_batch=[1, 1, 1], **partial)
     assert not (tmp_path / "bundle.json").exists()

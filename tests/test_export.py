@@ -4,6 +4,8 @@ The reference is always the eager PyTorch network, an implementation independent
 kernels. One randomly initialised bundle is built once for the module (the CLI, in process)."""
 import contextlib
 import io
+import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +17,7 @@ from export import build_engine
 from export.buckets import MAX_BUCKETS
 from export.export_onnx import (FP32_TOLERANCE, OUTPUT_NAMES, ParityError, check_fp16_parity, check_parity,
                                 check_torch_program_parity, compare_outputs, export_onnx)
-from runtime.bundle import load_bundle
+from runtime.bundle import CASCADE_KEYS, load_bundle
 
 SHAPES = [(1, 3, 64, 96), (2, 3, 128, 128), (3, 3, 96, 160)]  # 3 shapes, batch sizes 1, 2, 3
 
@@ -43,6 +45,9 @@ def test_cli_writes_a_valid_bundle(built):
     assert b.parity["onnx_fp32"]["shapes"] >= 3
     assert all(b.parity["onnx_fp32"][k] <= FP32_TOLERANCE for k in OUTPUT_NAMES)
     assert b.build["random_init"] is True
+    # The cascade's parameters are the shipped configuration's (read here as plain JSON), not the paper's.
+    inference = json.loads((Path(build_engine.__file__).parents[1] / "model/configs/default.json").read_text())["inference"]
+    assert {k: getattr(b, k) for k in CASCADE_KEYS} == {k: inference[k] for k in CASCADE_KEYS}
     reason = build_engine.tensorrt_unavailable_reason()
     if reason is not None:
         lines = [l for l in printed.splitlines() if "no TensorRT engine built" in l]
