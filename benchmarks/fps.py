@@ -29,6 +29,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 

@@ -30,6 +30,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm

@@ -11,6 +11,8 @@ each setting's milliseconds per image by stage.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python benchmarks/settings.py`: the checkout's root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

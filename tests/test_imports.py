@@ -4,6 +4,9 @@ out of pyproject.toml fails here rather than on a user's machine)."""
 import importlib
 import importlib.util
 import pkgutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +40,17 @@ def test_module_imports(name):
 @pytest.mark.parametrize("name", ["onnxscript", "onnx", "pycocotools", "scipy", "hypothesis", "matplotlib", "tqdm"])
 def test_run_time_dependency_installed(name):
     assert importlib.util.find_spec(name) is not None, f"{name} is not installed: pyproject.toml must declare it"
+
+
+# The benchmarks are scripts of the checkout, not installed: each must start as `python benchmarks/X.py`
+# from any folder (its preamble puts the checkout on the path). --help imports everything it needs.
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")
+                                          if p.name not in ("__init__.py", "common.py", "uncertainty.py")))
+def test_benchmark_script_starts_from_anywhere(script, tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "usage:" in run.stdout

@@ -20,17 +20,20 @@ from dataclasses import dataclass, field
 from . import INPUT_NAME, OUTPUT_NAMES, check_batch
 
 
-def tensorrt_unavailable_reason() -> str | None:
-    """None when TensorRT can run here (build or infer), else why not ("tensorrt is not installed" /
-    "no CUDA GPU"): the one such check (export/build_engine.py and unavailable_reason use it)."""
+def tensorrt_missing_reason() -> str | None:
+    """None when the tensorrt package imports, else why not."""
     try:
         import tensorrt  # noqa: F401
     except ImportError:
         return "tensorrt is not installed"
-    import torch
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
     return None
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None when TensorRT can build or run here (the package and a CUDA GPU), else why not: the one such
+    check (export/build_engine.py uses it; unavailable_reason adds the bundle's own conditions)."""
+    import torch
+    return tensorrt_missing_reason() or (None if torch.cuda.is_available() else "no CUDA GPU")
 
 
 # TensorRT DataType names -> torch dtype names (read from the engine, never assumed).
@@ -43,7 +46,8 @@ def unavailable_reason(bundle, device: str) -> str | None:
         return "TensorRT runs on CUDA only"
     if not bundle.engines:
         return "the bundle has no TensorRT engine (*.plan): build it where TensorRT and a GPU exist"
-    reason = tensorrt_unavailable_reason()
+    # The GPU itself is checked by backend selection (backends.cuda_unavailable_reason).
+    reason = tensorrt_missing_reason()
     if reason is not None:
         return reason
     import tensorrt as trt
