@@ -146,5 +146,10 @@ def run(todo: list, options, category_ids, outputs, progress):
                                                "viz": None if outputs.viz is None else str(outputs.viz),
                                                "work": str(outputs.work), "batch_size": options.batch_size,
                                                "threads": plan["threads"]})
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        progress.update(len(batch["key"]))
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            progress.update(len(batch["key"]))
+    except Exception as e:  # noqa: BLE001 - Ray's errors (an actor that cannot start, a lost node) have many types
+        raise RuntimeError(f"the Ray run stopped ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}); the shards "
+                           f"finished so far are kept in {outputs.work}: the same command again goes on from "
+                           "there") from e

@@ -137,3 +137,15 @@ def _wait_gone(pids, timeout=60):
             except ProcessLookupError:
                 break
             time.sleep(0.1)
+
+
+@needs_ray
+def test_actor_that_cannot_start_stops_the_run_with_a_clear_error(bundle, local_ray, tmp_path, capsys):
+    """An engine that cannot load on the workers (here: TensorRT without a GPU) ends the run with one line
+    naming the cause, instead of a traceback or a wait."""
+    paths = write_images(tmp_path / "in", [im for im, _, _ in val_images(2)])
+    status = main([*map(str, paths), "--bundle", str(bundle.folder), "--backend", "tensorrt", "--device", "cuda",
+                   "--out", str(tmp_path / "dets.json"), "--ray", "auto", "--workers", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 2 and "error: the Ray run stopped" in err and "tensorrt" in err
+    assert not (tmp_path / "dets.json").exists()
