@@ -19,7 +19,6 @@ path and reason); 2 nothing ran (bad arguments or outputs).
 """
 from __future__ import annotations
 
-import fnmatch
 import glob
 import hashlib
 import json
@@ -190,7 +189,8 @@ class Outputs:
 
 def plan_outputs(items, out=None, viz=None, work=None) -> Outputs:
     """Checks every output before the first image: parent folders exist and are writable, no output is a
-    folder where a file goes (or the reverse) and none is an input file. Creates nothing (run does, once all is checked)."""
+    folder where a file goes (or the reverse) and none is an input file. Creates nothing (run does, once
+    all is checked)."""
     inputs = {os.path.realpath(i.path) for i in items}
 
     def not_an_input(path: Path, what: str):

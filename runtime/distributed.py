@@ -150,6 +150,6 @@ def run(todo: list, options, category_ids, outputs, progress):
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             progress.update(len(batch["key"]))
     except Exception as e:  # noqa: BLE001 - Ray's errors (an actor that cannot start, a lost node) have many types
-        raise RuntimeError(f"the Ray run stopped ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}); the shards "
-                           f"finished so far are kept in {outputs.work}: the same command again goes on from "
-                           "there") from e
+        cause = (str(e).strip().splitlines() or [""])[-1]
+        raise RuntimeError(f"the Ray run stopped ({type(e).__name__}: {cause}); the shards finished so far are kept "
+                           f"in {outputs.work}: the same command again goes on from there") from e
