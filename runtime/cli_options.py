@@ -31,7 +31,7 @@ def _score(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", type=_score, default=0.0, metavar="S",
                         help="keep detections scoring at least S (0-1; default 0: every detection the "
                              "bundle keeps, down to its Soft-NMS floor)")
-    parser.add_argument("--max-detections", type=_count, default=None, metavar="N",
+    parser.add_argument("--max-detections", type=positive_int, default=None, metavar="N",
                         help="at most N detections an image, the best first (default: the bundle's "
                              "max_detections)")
 

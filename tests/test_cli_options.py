@@ -2,6 +2,7 @@
 against the engine's own detections filtered with NumPy, the options each mode uses, and the default
 bundle found from any folder (or a message saying how to get one)."""
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 from engine_fixtures import val_images
 from runtime import AutoFocusEngine, Detections
 from runtime import cli_options
-from runtime.__main__ import draw, main
+from runtime.__main__ import main
+from runtime.collection import draw
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,8 @@ def test_score_threshold_keeps_what_numpy_keeps(bundle, engine, image_paths, tmp
     # The drawing shows the kept detections only.
     image = cv2.imread(str(image_paths[0]))
     kept = Detections(want_all.boxes[keep], want_all.scores[keep], want_all.labels[keep], want_all.chips)
-    drawn = cv2.imread(str(viz / "img_0.png"))
+    (drawing,) = viz.glob("img_0-*.png")  # runtime.collection.drawing_name: stem and a digest of the id
+    drawn = cv2.imread(str(drawing))
     np.testing.assert_array_equal(drawn, draw(image, kept, engine.classes))
     assert not np.array_equal(drawn, draw(image, want_all, engine.classes))
     # Above every score: an empty, valid result.
@@ -62,12 +65,13 @@ def test_score_threshold_keeps_what_numpy_keeps(bundle, engine, image_paths, tmp
 
 def test_max_detections_keeps_the_best(bundle, engine, image_paths, tmp_path):
     for mode in ("autofocus", "sniper"):
-        results = _run(image_paths, bundle, tmp_path / "r.json", "--mode", mode, "--max-detections", "3")
+        results = _run(image_paths, bundle, tmp_path / f"{mode}.json", "--mode", mode, "--max-detections", "3")
         for path in image_paths:
             want = engine(path, mode=mode)
             assert len(want) > 3
             best = np.argsort(-want.scores, kind="stable")[:3]
-            mine = [r for r in results if r["image_id"] == path.name]
+            mine = [r for r in results if Path(r["image_id"]).name == path.name]  # ids are the paths
+            assert mine
             np.testing.assert_allclose(sorted(r["score"] for r in mine), np.sort(want.scores[best]), atol=1e-6)
             np.testing.assert_allclose(sorted(map(tuple, (r["bbox"] for r in mine))),
                                        sorted(map(tuple, _as_coco_boxes(want.boxes[best]))), atol=1e-3)
@@ -75,7 +79,7 @@ def test_max_detections_keeps_the_best(bundle, engine, image_paths, tmp_path):
     want = engine(image_paths[0], mode="sniper")
     ordered = np.sort(want.scores)[::-1]
     threshold = float(ordered[1] + ordered[2]) / 2  # two above it
-    results = _run(image_paths[:1], bundle, tmp_path / "r.json", "--mode", "sniper", "--max-detections", "3",
+    results = _run(image_paths[:1], bundle, tmp_path / "both.json", "--mode", "sniper", "--max-detections", "3",
                    "--score-threshold", repr(threshold))
     assert len(results) == int((want.scores >= np.float32(threshold)).sum()) == 2
 
@@ -93,8 +97,8 @@ def test_single_scale_options(bundle, engine, image_paths, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(base + ["--mode", mode, "--scale", "2"])
         assert e.value.code == 2 and f"--scale applies to --mode single only; --mode {mode}" in capsys.readouterr().err
-    # A scale the bundle lacks is the engine's error, reported without a traceback.
-    assert main(base + ["--mode", "single", "--scale", "9", "--out", str(tmp_path / "x.json")]) == 1
+    # A scale the bundle lacks is the engine's error, reported without a traceback (exit 2: nothing ran).
+    assert main(base + ["--mode", "single", "--scale", "9", "--out", str(tmp_path / "x.json")]) == 2
     assert "scale" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
 
@@ -139,10 +143,10 @@ def test_cli_finds_the_default_bundle_from_any_folder(bundle, image_paths, tmp_p
     monkeypatch.setattr(cli_options, "CHECKOUT", checkout)
     assert main(args + ["--out", str(tmp_path / "got.json")]) == 0
     assert json.loads((tmp_path / "got.json").read_text()) == want
-    # No bundle anywhere: exit 1 with how to make one, and no output file.
+    # No bundle anywhere: exit 2 (nothing ran) with how to make one, and no output file.
     monkeypatch.setattr(cli_options, "CHECKOUT", tmp_path / "no-checkout")
     capsys.readouterr()
-    assert main(args + ["--out", str(tmp_path / "none.json")]) == 1
+    assert main(args + ["--out", str(tmp_path / "none.json")]) == 2
     err = capsys.readouterr().err
     assert "export/build_engine.py" in err and "--bundle" in err and "Traceback" not in err
     assert not (tmp_path / "none.json").exists()

@@ -291,6 +291,7 @@ def test_incomplete_bundles_are_refused(bundle, tmp_path):
 
 def test_cli_writes_coco_results_and_drawings(bundle, images, tmp_path, capsys):
     from runtime.__main__ import main
+    from runtime.collection import Item, drawing_name
     paths = []
     for i, image in enumerate(images[:2]):
         paths.append(tmp_path / f"val_{i}.png")
@@ -301,23 +302,24 @@ def test_cli_writes_coco_results_and_drawings(bundle, images, tmp_path, capsys):
     results = json.loads(out.read_text())
     engine = AutoFocusEngine(bundle, backend="onnxruntime")
     want = engine(paths[0], mode="sniper")
-    first = [r for r in results if r["image_id"] == "val_0.png"]
+    first = [r for r in results if r["image_id"] == str(paths[0])]
     assert len(first) == len(want)
     assert [r["category_id"] for r in first] == (want.labels + 1).tolist()
     np.testing.assert_allclose([r["bbox"] for r in first],
                                np.c_[want.boxes[:, :2], want.boxes[:, 2:] - want.boxes[:, :2]], atol=1e-3)
     for p in paths:
-        drawn = cv2.imread(str(tmp_path / "viz" / f"{p.stem}.png"))
+        drawn = cv2.imread(str(tmp_path / "viz" / drawing_name(Item(str(p), str(p)))))
         assert drawn is not None and drawn.shape == cv2.imread(str(p)).shape
     ids = tmp_path / "ids.json"
     ids.write_text(json.dumps({"images": [{"id": 7, "file_name": "images/val_0.png"}],
                                "categories": [{"id": 10 + i, "name": c} for i, c in enumerate(bundle.classes)]}))
+    out = tmp_path / "with_ids.json"
     assert main([str(paths[0]), "--bundle", str(bundle.folder), "--mode", "sniper", "--out", str(out),
                  "--annotations", str(ids)]) == 0
     results = json.loads(out.read_text())
     assert {r["image_id"] for r in results} == {7}
     assert [r["category_id"] for r in results] == (want.labels + 10).tolist()
-    assert main([str(tmp_path / "missing.png"), "--bundle", str(bundle.folder)]) == 1
+    assert main([str(tmp_path / "missing.png"), "--bundle", str(bundle.folder)]) == 2
     assert "missing.png" in capsys.readouterr().err
 
 
