@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from . import ops
+from . import ops, packing
 from .detections import Detections
 
 MODES = ("autofocus", "sniper", "single")
@@ -348,9 +348,12 @@ def snap_to_parent(chips: np.ndarray, parents: np.ndarray, factors) -> np.ndarra
     return np.where(np.abs(chips - parents) <= tol, parents, chips).astype(np.float32)
 
 
-def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params=None):
+def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params=None, chips: bool = False):
     """Runs the network on every region of one scale. Returns (ScaleDetections, chips per image for the
-    next scale, or None when chip_params is None)."""
+    next scale, or None when chip_params is None). chips: the regions are chips (packed with
+    packing="canvas", run_scale_packed)."""
+    if chips and ctx.params.packing == "canvas":
+        return run_scale_packed(ctx, regions, scale_index, chip_params)
     stats = ctx.stats
     parts, maps = [], []
     for shape, idx in plan_batches(ctx, regions):
@@ -358,7 +361,7 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
             batch = crop_batch(ctx, regions, idx, shape)
             # Sent before the network call: a copy queued behind the network would wait for it.
             batch_regions = BatchRegions.of(regions, idx, ctx.device)
-        stats.add_batch(shape)
+        stats.add_batch(shape, scale_index)
         for i in idx:
             stats.add_inputs(scale_index, regions[i].size, shape)
         with stats.stage("network"):
@@ -378,6 +381,83 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
     # The maps are read only once every batch of the scale is queued: on CUDA the first host read then
     # waits once for them all, and the GPU is not left idle while the host cuts each batch's chips
     # before queuing the next (a read per batch was a wait per batch). Same chips, same order.
+    next_chips = [[] for _ in ctx.images]
+    with stats.stage("chips"):
+        for probs, idx, batch_regions in maps:
+            for image, box in focus_chips_batch(ctx, probs, regions, idx, batch_regions, chip_params):
+                next_chips[image].append(box)
+    return concat(ctx, parts), next_chips
+
+
+def run_scale_packed(ctx: Context, regions: list[Region], scale_index: int, chip_params=None):
+    """run_scale with the scale's chips packed onto its canvases (runtime/packing.py): each canvas one
+    network input, canvases of one shape batched up to max_batch. Each detection goes to the chip its box
+    centre lies in (none, in a gutter: dropped), is moved by that chip's offset, projected to original
+    pixels like the chip's own input and clipped to the chip: for stacking that equals the unpacked box
+    (a box crossing a chip side that is not an image side is dropped either way; one crossing an image
+    side is clipped there either way), and no box reaches a neighbour. Each chip's focus map is the
+    canvas's, cut at its offset (a multiple of the grid, so of the focus stride)."""
+    stats, device = ctx.stats, ctx.device
+    stride = ctx.bundle.strides["focus"]
+    with stats.stage("chips"):
+        sizes = np.array([r.size for r in regions], np.int64).reshape(-1, 2)
+        gutter = ctx.params.canvas_gutter if ctx.params.canvas_gutter is not None else packing.bundle_gutter(ctx.bundle)
+        layout = packing.pack(sizes, packing.canvases_for(ctx.bundle, ctx.params.scales, scale_index), gutter,
+                              ctx.bundle.input["size_divisor"], own_shape=lambda h, w: input_shape(ctx, (h, w)))
+        by_shape: dict[tuple, list[int]] = {}
+        for c, shape in enumerate(map(tuple, layout.shapes.tolist())):
+            by_shape.setdefault(shape, []).append(c)
+    parts, maps = [], []
+    for shape, canvases in by_shape.items():
+        step = max_batch(ctx, shape)
+        for k in range(0, len(canvases), step):
+            batch_canvases = canvases[k:k + step]
+            with stats.stage("chips"):
+                rows = packing.rows_of(layout, batch_canvases)
+                slot = tuple(int(v) for v in sizes[rows].max(0))
+                batch = packing.paste(crop_batch(ctx, regions, list(rows), slot), sizes, layout, batch_canvases, shape)
+                placed = BatchRegions.of(regions, list(rows), device)
+                slot_of = {c: j for j, c in enumerate(batch_canvases)}
+                # per chip: its canvas in the batch, its rectangle there, its box (original px)
+                where = np.array([[slot_of[int(layout.canvas[i])], *layout.offsets[i], *(layout.offsets[i] + sizes[i, ::-1]),
+                                   *regions[i].box] for i in rows], np.float64).reshape(-1, 9)
+                where_t = ops.to_device(where, device)
+            stats.add_batch(shape, scale_index)
+            for i in rows:
+                stats.add_inputs(scale_index, regions[i].size, (0, 0))
+            for _ in batch_canvases:
+                stats.add_canvas(scale_index, shape)
+            with stats.stage("network"):
+                out = ctx.network(batch)
+            with stats.stage("postprocess"):
+                p = ctx.params.decode
+                dec = ops.decode(out["scores"], out["ltrb"], stride=ctx.bundle.strides["detection"],
+                                 score_threshold=p["score_threshold"], max_candidates=p["max_candidates"],
+                                 padded=ctx.params.padded_decode)
+                boxes, scores, labels, b = dec[:4]
+                valid = dec[4] if ctx.params.padded_decode else torch.ones_like(scores, dtype=torch.bool)
+                owner, found = packing.owners(boxes, b.long(), where_t[:, 1:5].float(), where_t[:, 0].long())
+                offset = where_t[owner, 1:3].float().repeat(1, 2)
+                chip = where_t[owner, 5:9].float()
+                local = (boxes - offset) / placed.factors[owner][:, None] + placed.origins[owner].repeat(1, 2)
+                mapped = torch.minimum(torch.maximum(local, chip[:, [0, 1, 0, 1]]), chip[:, [2, 3, 2, 3]])
+                dets = ScaleDetections(mapped, scores, labels, placed.owners[owner, 0], placed.owners[owner, 1],
+                                       keep=valid & found)
+                parts.append(dets)
+            if chip_params is not None:
+                with stats.stage("chips"):
+                    focus = out["focus"][:, 1]
+                    cell0 = (where_t[:, [2, 1]] / stride).long()  # (y, x) of each chip's first cell
+                    hm, wm = (int(v) for v in np.ceil(sizes[rows] / stride).max(0))
+                    ys = (cell0[:, :1] + torch.arange(hm, device=device)).clamp(max=focus.shape[1] - 1)
+                    xs = (cell0[:, 1:] + torch.arange(wm, device=device)).clamp(max=focus.shape[2] - 1)
+                    probs = focus[where_t[:, 0].long()[:, None, None], ys[:, :, None], xs[:, None, :]]
+                    if chip_params["box_score"] is not None:
+                        probs = paint_detections(ctx, probs, dets, owner, placed, chip_params["box_score"],
+                                                 ctx.params.valid_ranges[scale_index + 1])
+                    maps.append((probs, list(rows), placed))
+    if chip_params is None:
+        return concat(ctx, parts), None
     next_chips = [[] for _ in ctx.images]
     with stats.stage("chips"):
         for probs, idx, batch_regions in maps:
@@ -494,7 +574,7 @@ def autofocus(ctx: Context) -> list[Detections]:
         if not regions:
             break
         chip_params = ctx.params.chip_params[s] if s + 1 < scales else None
-        dets, next_chips = run_scale(ctx, regions, s, chip_params)
+        dets, next_chips = run_scale(ctx, regions, s, chip_params, chips=s > 0)
         with ctx.stats.stage("postprocess"):
             kept.append(stack(ctx, dets, regions, ctx.params.valid_ranges[s]))
         if chip_params is None:

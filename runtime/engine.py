@@ -62,6 +62,9 @@ class AutoFocusEngine:
         self._base["padding"] = "shared" if self.device == "cuda" else "divisor"
         self._base["chips_on_host"] = self.device == "cuda"
         self._base["padded_decode"] = self.device == "cuda"
+        # On CUDA a scale's chips packed onto its fixed canvases (runtime/packing.py): one or two input
+        # shapes a scale and full batches; on the CPU time follows pixels and each chip runs alone.
+        self._base["packing"] = "canvas" if self.device == "cuda" else "none"
         self.overrides = dict(overrides)
         self._backend = backends.load_backend(self.backend_name, self.bundle, self.device, **options)
         if self.device == "cuda" and not self._backend.fixed_shapes:
