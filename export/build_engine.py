@@ -22,6 +22,7 @@ from pathlib import Path
 from export import buckets as bucket_rules
 from export import export_onnx as exporter
 from runtime.bundle import Bundle, load_bundle, write_bundle
+from runtime.packing import DEFAULT_GUTTER, default_canvases
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "model" / "checkpoints" / "default.pt"
@@ -176,8 +177,10 @@ def build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=DEFAULT_OUT, precision: str 
                  "padding_waste_uniform_chip_grid": round(bucket_rules.padding_waste(sizes, bucket_list), 4),
                  "seconds": None, "gpu": engines[0]["gpu"] if engines else None}
         build["seconds"] = round(time.perf_counter() - start, 1)
+        # packing="canvas": per scale the two shapes that hold its whole image (buckets, so TensorRT profiles)
+        canvases = {"gutter": DEFAULT_GUTTER, "shapes": default_canvases(scales, defaults.input["size_divisor"])}
         write_bundle(work, classes=classes, buckets=bucket_list, max_batch=batches, precision=precision,
-                     engines=engines, parity=parity, build=build, versions=versions, **params)
+                     engines=engines, parity=parity, build=build, versions=versions, canvases=canvases, **params)
         load_bundle(work)  # what the runtime will do: fail here rather than there
         if out.exists():
             shutil.rmtree(out)

@@ -414,8 +414,9 @@ def run_scale_packed(ctx: Context, regions: list[Region], scale_index: int, chip
             batch_canvases = canvases[k:k + step]
             with stats.stage("chips"):
                 rows = packing.rows_of(layout, batch_canvases)
-                slot = tuple(int(v) for v in sizes[rows].max(0))
-                batch = packing.paste(crop_batch(ctx, regions, list(rows), slot), sizes, layout, batch_canvases, shape)
+                # each chip cut at its own size (one slot for all would cost the largest chip's pixels each)
+                crops = [crop_batch(ctx, regions, [i], regions[i].size)[0] for i in rows]
+                batch = packing.paste(crops, layout, batch_canvases, shape)
                 placed = BatchRegions.of(regions, list(rows), device)
                 slot_of = {c: j for j, c in enumerate(batch_canvases)}
                 # per chip: its canvas in the batch, its rectangle there, its box (original px)

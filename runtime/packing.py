@@ -158,7 +158,7 @@ def default_canvases(scales, size_divisor: int = 32) -> list:
     buckets of every bundle); none for scale 1, whose inputs are whole images."""
     out = [[]]
     for min_side, max_side in list(scales)[1:]:
-        h = int(-(-abs(float(min_side if min_side > 0 else max_side)) // size_divisor) * size_divisor)
+        h = int(-(-float(min_side) // size_divisor) * size_divisor)
         w = int(-(-float(max_side) // size_divisor) * size_divisor)
         out.append([[h, w], [w, h]] if h != w else [[h, w]])
     return out
@@ -180,17 +180,23 @@ def bundle_gutter(bundle) -> int:
 
 # ------------------------------------------------------------------------------------ tensors
 
-def paste(crops, sizes, packing: Packing, canvas_index, shape):
-    """The canvases canvas_index (all of `shape`) as one (len(canvas_index), 3, H, W) batch, zeros where
-    no chip lies: chip m's crop (crops[m], its first sizes[m] rows and columns; one crop per chip of
-    those canvases, in `rows` order) pasted at its offset. crops: a torch batch (M, 3, h, w)."""
+def paste(crops: list, packing: Packing, canvas_index, shape):
+    """The canvases canvas_index (all of `shape` (H, W)) as one (len(canvas_index), channels, H, W) batch,
+    zeros where no chip lies: crops[m] ((channels, h, w) torch tensors, the chips' own sizes, in
+    rows_of(packing, canvas_index) order) pasted at their offsets."""
     import torch
     rows = rows_of(packing, canvas_index)
+    if len(crops) != len(rows):
+        raise ValueError(f"crops: expected one per chip on these canvases ({len(rows)}), got {len(crops)}")
     slot = {int(c): k for k, c in enumerate(canvas_index)}
-    out = torch.zeros((len(canvas_index), crops.shape[1], *shape), dtype=crops.dtype, device=crops.device)
-    for m, i in enumerate(rows):  # one copy a chip (on CUDA a kernel each; a fused paste is a later step)
-        (x, y), (h, w) = packing.offsets[i], sizes[i]
-        out[slot[int(packing.canvas[i])], :, y:y + h, x:x + w] = crops[m, :, :h, :w]
+    if not crops:
+        return torch.zeros((len(canvas_index), 3, *shape))
+    out = torch.zeros((len(canvas_index), crops[0].shape[0], *shape), dtype=crops[0].dtype, device=crops[0].device)
+    for crop, i in zip(crops, rows):  # one copy a chip (on CUDA a kernel each; a fused paste is a later step)
+        (x, y), (h, w) = packing.offsets[i], crop.shape[1:]
+        if y + h > shape[0] or x + w > shape[1]:
+            raise ValueError(f"crops: a {h} x {w} chip at ({x}, {y}) does not fit a {shape[0]} x {shape[1]} canvas")
+        out[slot[int(packing.canvas[i])], :, y:y + h, x:x + w] = crop
     return out
 
 
