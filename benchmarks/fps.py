@@ -55,6 +55,8 @@ def parse_modes(text: str | None, scales: int) -> list[tuple[str, str, dict]]:
             out.append((item, item, {}))
         elif item in PACKING_MODES:
             out.append((item, "autofocus", {"packing": PACKING_MODES[item]}))
+        elif item.startswith("autofocus_packed_gutter") and item[23:].isdigit():  # the gutter measured
+            out.append((item, "autofocus", {"packing": "canvas", "canvas_gutter": int(item[23:])}))
         elif item == "single":
             out += [(f"single{s}", "single", {"scale": s}) for s in range(1, scales + 1)]
         elif item.startswith("single") and item[6:].isdigit() and 1 <= int(item[6:]) <= scales:
@@ -271,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="images per engine call (detect_batch when > 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the images per mode")
     p.add_argument("--modes", help="comma-separated: autofocus, sniper, single (every scale) or singleN "
-                                   "(default: all)")
+                                   "(default: all); autofocus_packed, autofocus_unpacked, autofocus_packed_gutterN "
+                                   "(packing on with an N-px gutter) whatever the engine's packing")
     p.add_argument("--padding", choices=PADDINGS,
                    help="network-input padding (runtime/params.py; default: the engine's for its device)")
     p.add_argument("--chips-on-host", choices=("yes", "no"),
