@@ -290,3 +290,18 @@ def test_engine_defaults_and_per_call_packing(engine):
     engine(image, packing="canvas")
     shapes = engine.last_stats["scales"][2]["shapes"]
     assert len(shapes) <= 2
+
+
+def test_fixed_shape_backends_refuse_canvases_that_are_not_buckets(bundle):
+    """TensorRT runs the bundle's buckets only (no TensorRT here: its backend's fixed_shapes flag is set on
+    an onnxruntime engine, the one property the check reads)."""
+    from runtime.engine import AutoFocusEngine
+    odd = dataclasses.replace(bundle, canvases={"gutter": 32, "shapes": [[], [[160, 256]], [[288, 416]]]})
+    engine = AutoFocusEngine(odd, backend="onnxruntime", padding="bucket")
+    engine._backend.fixed_shapes = True
+    assert engine._resolve({}).packing == "none"
+    with pytest.raises(ValueError, match=r"packing: the canvases \[\[288, 416\]\] of scale 3"):
+        engine._resolve({"packing": "canvas"})
+    fine = AutoFocusEngine(bundle, backend="onnxruntime", padding="bucket")
+    fine._backend.fixed_shapes = True
+    assert fine._resolve({"packing": "canvas"}).packing == "canvas"
