@@ -40,6 +40,9 @@ from benchmarks import common, uncertainty
 from runtime.params import PADDINGS
 
 MODE_NAMES = ("autofocus", "sniper", "single")
+# AutoFocus with its chips packed onto canvases or each chip its own input (runtime/params.py "packing"),
+# whatever the engine's default: both in one run compare packing's AP and pixels on the same images.
+PACKING_MODES = {"autofocus_packed": "canvas", "autofocus_unpacked": "none"}
 
 
 def parse_modes(text: str | None, scales: int) -> list[tuple[str, str, dict]]:
@@ -52,13 +55,17 @@ def parse_modes(text: str | None, scales: int) -> list[tuple[str, str, dict]]:
     for item in items:
         if item in ("autofocus", "sniper"):
             out.append((item, item, {}))
+        elif item in PACKING_MODES:
+            out.append((item, "autofocus", {"packing": PACKING_MODES[item]}))
+        elif item.startswith("autofocus_packed_gutter") and item[23:].isdigit():  # the gutter measured
+            out.append((item, "autofocus", {"packing": "canvas", "canvas_gutter": int(item[23:])}))
         elif item == "single":
             out += [(f"single{s}", "single", {"scale": s}) for s in range(1, scales + 1)]
         elif item.startswith("single") and item[6:].isdigit() and 1 <= int(item[6:]) <= scales:
             out.append((item, "single", {"scale": int(item[6:])}))
         else:
-            raise ValueError(f"modes: unknown mode {item!r}; expected autofocus, sniper, single or single1.."
-                             f"single{scales}")
+            raise ValueError(f"modes: unknown mode {item!r}; expected autofocus, {', '.join(PACKING_MODES)}, sniper, "
+                             f"single or single1..single{scales}")
     names = [n for n, _, _ in out]
     if len(set(names)) != len(names):
         raise ValueError(f"modes: {text!r} names a mode twice")
@@ -88,9 +95,12 @@ def run_mode(engine, images: list, mode: str, overrides: dict, batch: int, progr
 
 
 def benchmark(engine, eval_set: common.EvalSet, modes, repeats: int = 3, batch: int = 1,
-              progress: bool = True, warmup_all: bool = False, bootstrap: int = 0) -> dict:
+              progress: bool = True, warmup_all: bool = False, bootstrap: int = 0, versus: str | None = None) -> dict:
     """Times each mode (see the module docstring); returns {name: figures} in the order of `modes`.
-    bootstrap: resamples of the paired bootstrap of AP against sniper (add_intervals; 0: none)."""
+    bootstrap: resamples of the paired bootstrap of AP against sniper (add_intervals; 0: none); versus:
+    one more mode to give every other mode's AP gap to, with its interval (add_gaps)."""
+    if versus is not None and versus not in [name for name, _, _ in modes]:
+        raise ValueError(f"versus: {versus!r} is not one of the modes {[name for name, _, _ in modes]}")
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
     if not isinstance(batch, int) or batch < 1:
@@ -127,7 +137,27 @@ def benchmark(engine, eval_set: common.EvalSet, modes, repeats: int = 3, batch: 
     add_ratios(results)
     if bootstrap:
         add_intervals(results, evals, len(images), bootstrap)
+        if versus is not None:
+            add_gaps(results, evals, len(images), bootstrap, versus)
     return results
+
+
+def add_gaps(results: dict, evals: dict, n_images: int, resamples: int, versus: str) -> None:
+    """Each mode's AP - versus's with the 95% interval of the paired bootstrap (as add_intervals does
+    against sniper): "AP_vs", "AP_vs_interval", "AP_vs_mode"."""
+    intervals = uncertainty.bootstrap_evals(evals, n_images, versus, resamples=resamples)
+    for name in evals:
+        b = intervals[name]
+        results[name].update({"AP_vs": b["ap_minus_reference"], "AP_vs_interval": [b["low"], b["high"]],
+                              "AP_vs_mode": versus})
+
+
+def format_gaps(results: dict) -> str:
+    """AP - the --versus mode with its 95% bootstrap interval (add_gaps)."""
+    versus = next(iter(results.values()))["AP_vs_mode"]
+    rows = [[name, f"{r['AP']:.2f}", f"{r['AP_vs']:+.2f}", f"{r['AP_vs_interval'][0]:+.2f} to {r['AP_vs_interval'][1]:+.2f}"]
+            for name, r in results.items()]
+    return common.format_table(["mode", "AP", f"AP - {versus}", "95% interval"], rows)
 
 
 def add_intervals(results: dict, evals: dict, n_images: int, resamples: int) -> None:
@@ -168,6 +198,9 @@ def summarise(run: dict, n_images: int, repeats: int) -> dict:
             "postprocess_ms_per_image": 1000 * stage["postprocess"] / (passes * n_images),
             "stage_ms_per_image": {k: 1000 * v / (passes * n_images) for k, v in stage.items()},
             # each network call is a batch of one input shape (last_stats "batches": calls per shape)
+            # distinct network-input shapes each scale ran (a CUDA graph or TensorRT profile each)
+            "shapes_by_scale": [sorted({k for s in per_repeat for k in s["scales"][j].get("shapes", {})})
+                                for j in range(scales)],
             "network_calls_per_image": sum(sum(s["batches"].values()) for s in per_repeat) / n_images,
             "host_syncs_per_image": (sum(s["host_syncs"] for s in per_repeat) / n_images
                                      if per_repeat[0].get("host_syncs") is not None else None),
@@ -229,10 +262,11 @@ def format_stages(results: dict) -> str:
     """Milliseconds an image per stage (synced on CUDA, see the module docstring), network calls and host
     syncs an image (on a GPU each call and each sync costs more than its pixels)."""
     rows = [[name, *(f"{r['stage_ms_per_image'][k]:.2f}" for k in ("network", "chips", "postprocess", "total")),
-             f"{r['network_calls_per_image']:.2f}", _opt(r["host_syncs_per_image"], ".1f")]
+             f"{r['network_calls_per_image']:.2f}", _opt(r["host_syncs_per_image"], ".1f"),
+             "/".join(str(len(s)) for s in r["shapes_by_scale"])]
             for name, r in results.items()]
-    return common.format_table(["mode", "network ms", "chips ms", "post ms", "total ms", "calls/img", "syncs/img"],
-                               rows)
+    return common.format_table(["mode", "network ms", "chips ms", "post ms", "total ms", "calls/img", "syncs/img",
+                                "shapes by scale"], rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="images per engine call (detect_batch when > 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the images per mode")
     p.add_argument("--modes", help="comma-separated: autofocus, sniper, single (every scale) or singleN "
-                                   "(default: all)")
+                                   "(default: all); autofocus_packed, autofocus_unpacked, autofocus_packed_gutterN "
+                                   "(packing on with an N-px gutter) whatever the engine's packing")
     p.add_argument("--padding", choices=PADDINGS,
                    help="network-input padding (runtime/params.py; default: the engine's for its device)")
     p.add_argument("--chips-on-host", choices=("yes", "no"),
@@ -251,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode without a host read of each batch's count (default: the engine's; yes on CUDA)")
     p.add_argument("--max-batch", type=int,
                    help="network inputs per call (default: the engine's; 16 on CUDA with the torch backend)")
+    p.add_argument("--packing", choices=("none", "canvas"),
+                   help="chips packed onto canvases (runtime/params.py; default: the engine's, canvas on CUDA)")
+    p.add_argument("--canvas-gutter", type=int,
+                   help="packing: input pixels of zeros between chips on a canvas (default: the bundle's)")
+    p.add_argument("--versus", help="also give every mode's AP gap to this mode with its bootstrap interval "
+                                    "(e.g. autofocus_unpacked with --modes autofocus_packed,autofocus_unpacked)")
     p.add_argument("--cuda-graphs", choices=("yes", "no"),
                    help="torch backend on CUDA: replay the network from CUDA graphs (default: yes there)")
     p.add_argument("--warmup-all", action="store_true",
@@ -272,13 +313,17 @@ def main(argv=None) -> int:
             overrides["padded_decode"] = args.padded_decode == "yes"
         if args.max_batch is not None:
             overrides["max_batch"] = args.max_batch
+        if args.packing:
+            overrides["packing"] = args.packing
+        if args.canvas_gutter is not None:
+            overrides["canvas_gutter"] = args.canvas_gutter
         if args.cuda_graphs:
             overrides["cuda_graphs"] = args.cuda_graphs == "yes"
         engine = common.open_engine(args.bundle, args.backend, args.device, **overrides)
         modes = parse_modes(args.modes, len(engine.params.scales))
         eval_set = common.eval_set_from_args(args)
         results = benchmark(engine, eval_set, modes, args.repeats, args.batch, progress=not args.no_progress,
-                            warmup_all=args.warmup_all, bootstrap=args.bootstrap)
+                            warmup_all=args.warmup_all, bootstrap=args.bootstrap, versus=args.versus)
     except common.USER_ERRORS as e:
         return common.user_error(e)
     print(f"{len(eval_set.infos)} images from {eval_set.coco.annotations_path}; backend {engine.backend_name} on "
@@ -287,6 +332,8 @@ def main(argv=None) -> int:
     if args.bootstrap:
         print(f"paired bootstrap over the {len(eval_set.infos)} images, {args.bootstrap} resamples:")
         print(format_intervals(results))
+        if args.versus:
+            print(format_gaps(results))
     print(format_scales(results))
     print(format_stages(results))
     if args.json:
@@ -294,6 +341,7 @@ def main(argv=None) -> int:
                   "images": len(eval_set.infos), "backend": engine.backend_name, "device": engine.device,
                   "padding": engine.params.padding, "chips_on_host": engine.params.chips_on_host,
                   "padded_decode": engine.params.padded_decode, "max_batch": engine.params.max_batch,
+                  "packing": engine.params.packing, "canvas_gutter": engine.params.canvas_gutter,
                   "cuda_graphs": engine.cuda_graphs, "warmup_all": args.warmup_all,
                   "batch": args.batch, "repeats": args.repeats,
                   "machine": common.machine(), "versions": common.versions(),

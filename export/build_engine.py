@@ -25,6 +25,7 @@ from export import buckets as bucket_rules
 from export import export_onnx as exporter
 from runtime.backends.tensorrt import tensorrt_unavailable_reason
 from runtime.bundle import CASCADE_KEYS, Bundle, default_input, load_bundle, write_bundle
+from runtime.packing import DEFAULT_GUTTER, default_canvases
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "model" / "checkpoints" / "default.pt"
@@ -167,8 +168,10 @@ def build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=DEFAULT_OUT, precision: str 
                  "padding_waste_uniform_chip_grid": round(bucket_rules.padding_waste(sizes, bucket_list), 4),
                  "seconds": None, "gpu": engines[0]["gpu"] if engines else None}
         build["seconds"] = round(time.perf_counter() - start, 1)
+        # packing="canvas": per scale the two shapes that hold its whole image (buckets, so TensorRT profiles)
+        canvases = {"gutter": DEFAULT_GUTTER, "shapes": default_canvases(scales, params.get("input", default_input())["size_divisor"])}
         write_bundle(work, classes=classes, buckets=bucket_list, max_batch=batches, precision=precision,
-                     engines=engines, parity=parity, build=build, versions=versions, **params)
+                     engines=engines, parity=parity, build=build, versions=versions, canvases=canvases, **params)
         load_bundle(work)  # what the runtime will do: fail here rather than there
         replace_folder(work, out)
     finally:

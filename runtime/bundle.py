@@ -101,6 +101,9 @@ class Bundle:
     versions: dict = field(default_factory=dict)
     parity: dict = field(default_factory=dict)      # export-time checks (max abs errors), for the record
     build: dict = field(default_factory=dict)       # how it was built: checkpoint, bucket waste, time
+    # packing="canvas" (runtime/packing.py): {"gutter": input px, "shapes": [[[H, W], ...] per scale]};
+    # optional (older bundles lack it: the runtime derives the shapes from the scales)
+    canvases: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     folder: Path | None = field(default=None, compare=False)  # where it was loaded from (not in JSON)
 
@@ -116,7 +119,8 @@ class Bundle:
         return d
 
 
-REQUIRED_KEYS = tuple(f.name for f in dataclasses.fields(Bundle) if f.name != "folder")
+OPTIONAL_KEYS = ("canvases",)
+REQUIRED_KEYS = tuple(f.name for f in dataclasses.fields(Bundle) if f.name not in ("folder", *OPTIONAL_KEYS))
 
 
 # ---------------------------------------------------------------------------------------------- io
@@ -154,9 +158,10 @@ def write_bundle(folder: str | os.PathLike, *, classes, buckets, max_batch, prec
     folder = Path(folder)
     if not folder.is_dir():
         raise BundleError(f"folder: {folder} is not a directory")
-    unknown = set(fields) - set(REQUIRED_KEYS)
+    unknown = set(fields) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS)
     if unknown:
-        raise TypeError(f"write_bundle: unknown bundle fields {sorted(unknown)} (known: {list(REQUIRED_KEYS)})")
+        raise TypeError(f"write_bundle: unknown bundle fields {sorted(unknown)} "
+                        f"(known: {list(REQUIRED_KEYS + OPTIONAL_KEYS)})")
     missing = [k for k in CASCADE_KEYS if k not in fields]
     if missing:
         raise TypeError(f"write_bundle: missing bundle fields {missing}: a bundle carries its own cascade "
@@ -218,7 +223,7 @@ def load_bundle(folder: str | os.PathLike, verify_checksums: bool = True) -> Bun
         if engine.get("file") not in data["artefacts"]:
             raise BundleError(f"bundle: engine {engine.get('file')!r} in {meta} is not a listed artefact; "
                               f"{REBUILD_HINT}")
-    bundle = Bundle(**{k: data[k] for k in REQUIRED_KEYS})
+    bundle = Bundle(**{k: data[k] for k in REQUIRED_KEYS}, **{k: data[k] for k in OPTIONAL_KEYS if k in data})
     bundle.folder = folder.resolve()
     return bundle
 
@@ -274,6 +279,18 @@ def _validate_fields(d: dict, meta: Path) -> None:
     for lo_hi in d["valid_ranges"]:
         if not (isinstance(lo_hi, list) and len(lo_hi) == 2):
             _fail(meta, f"'valid_ranges' entries must be [lo, hi], got {lo_hi!r}")
+    canvases = d.get("canvases", {})
+    if canvases:
+        gutter, shapes = canvases.get("gutter") if isinstance(canvases, dict) else None, \
+            canvases.get("shapes") if isinstance(canvases, dict) else None
+        if not isinstance(gutter, int) or isinstance(gutter, bool) or gutter < 0:
+            _fail(meta, f"'canvases' must hold 'gutter', an int >= 0 (input pixels), got {gutter!r}")
+        if not isinstance(shapes, list) or len(shapes) != n or not all(
+                isinstance(per, list) and all(isinstance(c, list) and len(c) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % div == 0 for v in c) for c in per)
+                for per in shapes):
+            _fail(meta, f"'canvases' 'shapes' must hold, per scale ({n}), a list of [height, width] positive "
+                        f"multiples of size_divisor {div}, got {shapes!r}")
 
 
 def valid_range(bundle: Bundle, scale_index: int) -> tuple[float, float]:

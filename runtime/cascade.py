@@ -185,9 +185,13 @@ def focus_chips_batch(ctx: Context, probs: torch.Tensor, regions: list[Region], 
     return [(p.image, box) for p, box in zip(parents, chips)]
 
 
-def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params=None):
+def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params=None, chips: bool = False):
     """Runs the network on every region of one scale. Returns (ScaleDetections, chips per image for the
-    next scale, or None when chip_params is None)."""
+    next scale, or None when chip_params is None). chips: the regions are chips (packed with
+    packing="canvas", run_scale_packed)."""
+    if chips and ctx.params.packing == "canvas":
+        from .packed_scale import run_scale_packed  # it builds on this module's stages
+        return run_scale_packed(ctx, regions, scale_index, chip_params)
     stats = ctx.stats
     parts, maps = [], []
     for shape, idx in plan_batches(regions, ctx.batching):
@@ -195,7 +199,7 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
             batch = crop_batch(ctx, regions, idx, shape)
             # Sent before the network call: a copy queued behind the network would wait for it.
             batch_regions = BatchRegions.of(regions, idx, ctx.device)
-        stats.add_batch(shape)
+        stats.add_batch(shape, scale_index)
         for i in idx:
             stats.add_inputs(scale_index, regions[i].size, shape)
         with stats.stage("network"):
@@ -333,7 +337,7 @@ def autofocus(ctx: Context) -> list[Detections]:
         if not regions:
             break
         chip_params = ctx.params.chip_params[s] if s + 1 < scales else None
-        dets, next_chips = run_scale(ctx, regions, s, chip_params)
+        dets, next_chips = run_scale(ctx, regions, s, chip_params, chips=s > 0)
         with ctx.stats.stage("postprocess"):
             kept.append(stack(ctx, dets, regions, ctx.params.valid_ranges[s]))
         if chip_params is None:

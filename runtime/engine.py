@@ -30,7 +30,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from . import backends, cascade, ops, params
+from . import backends, cascade, ops, packing, params
 from .bundle import Bundle, load_bundle
 from .detections import Detections
 from .images import load_image, pad_extreme_aspect
@@ -64,6 +64,9 @@ class AutoFocusEngine:
         self._base["padding"] = "shared" if self.device == "cuda" else "divisor"
         self._base["chips_on_host"] = self.device == "cuda"
         self._base["padded_decode"] = self.device == "cuda"
+        # On CUDA a scale's chips packed onto its fixed canvases (runtime/packing.py): one or two input
+        # shapes a scale and full batches; on the CPU time follows pixels and each chip runs alone.
+        self._base["packing"] = "canvas" if self.device == "cuda" else "none"
         self.overrides = dict(overrides)
         self._backend = backends.load_backend(self.backend_name, self.bundle, self.device, **options)
         if self.device == "cuda" and not self._backend.fixed_shapes:
@@ -95,6 +98,13 @@ class AutoFocusEngine:
         if p.max_batch is not None and self._backend.fixed_shapes:
             raise ValueError(f"max_batch: {self.backend_name} runs the bundle's profiles, whose max batches are fixed "
                              f"({self.bundle.max_batch}); leave max_batch=None")
+        if p.packing == "canvas" and self._backend.fixed_shapes:
+            buckets = {tuple(b) for b in self.bundle.buckets}
+            for s in range(1, len(p.scales)):
+                missing = [c for c in packing.canvases_for(self.bundle, p.scales, s) if tuple(c) not in buckets]
+                if missing:
+                    raise ValueError(f"packing: the canvases {missing} of scale {s + 1} are not buckets of the bundle, "
+                                     f"and {self.backend_name} runs its buckets only (use packing='none')")
         if p.padding == "divisor" and self._backend.fixed_shapes:
             raise ValueError(f"padding: 'divisor' needs a backend that runs any shape; {self.backend_name} runs "
                              "the bundle's buckets only (use padding='bucket')")

@@ -1,7 +1,8 @@
 """The cascade's parameters: the bundle's values, overridden per engine and per call, validated once.
 
 Names are the bundle.json keys (docs/design.md: one name everywhere), plus the engine-only ones
-(scale, padding, merge_chips, align_chips, chips_on_host, padded_decode, max_batch):
+(scale, padding, merge_chips, align_chips, chips_on_host, padded_decode, max_batch, packing,
+canvas_gutter):
     scales          [[min_side, max_side], ...] per scale
     valid_ranges    [[lo, hi], ...] per scale, sqrt(box area) in original pixels; hi None/inf = no bound
     chip_params     [{threshold, dilation, min_size[, box_score]}, ...] per transition (len(scales) - 1);
@@ -37,6 +38,13 @@ Names are the bundle.json keys (docs/design.md: one name everywhere), plus the e
     max_batch       network inputs per call: None = the bundle's per bucket (its TensorRT profiles); an
                     int >= 1 for every bucket, with backends that run any shape (on a GPU every call,
                     and the decode and host read that follow it, costs more than its pixels)
+    packing         "none": each chip its own network input, padded per `padding`; "canvas": the chips of a
+                    scale (all images of the call) packed onto the bundle's few fixed canvas shapes
+                    (runtime/packing.py, bundle.json "canvases"), so that a scale runs one or two input
+                    shapes in full batches; whole images (scale 1, sniper, single) are not packed.
+                    "none" on the CPU (pixels decide there), "canvas" on CUDA
+    canvas_gutter   packing="canvas": input pixels of zeros between neighbouring chips on a canvas (None:
+                    the bundle's, runtime.packing.DEFAULT_GUTTER when it has none)
 Dict-valued parameters merge key by key (soft_nms={"sigma": 0.3} keeps the other keys); chip_params
 entries merge likewise with the bundle's entry of the same transition.
 """
@@ -49,13 +57,15 @@ from dataclasses import dataclass
 from .ops import _number
 
 PADDINGS = ("bucket", "divisor", "shared")
+PACKINGS = ("none", "canvas")
 DECODE_KEYS = ("score_threshold", "max_candidates")
 SOFT_NMS_KEYS = ("method", "sigma", "iou_threshold", "score_threshold", "class_aware")
 SOFT_NMS_METHODS = ("gaussian", "linear", "hard")
 CHIP_KEYS = ("threshold", "dilation", "min_size")
 CHIP_OPTIONAL_KEYS = ("box_score",)
 NAMES = ("scales", "valid_ranges", "chip_params", "decode", "soft_nms", "max_detections", "scale",
-         "padding", "merge_chips", "align_chips", "chips_on_host", "padded_decode", "max_batch")
+         "padding", "merge_chips", "align_chips", "chips_on_host", "padded_decode", "max_batch", "packing",
+         "canvas_gutter")
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,8 @@ class CascadeParams:
     chips_on_host: bool
     padded_decode: bool
     max_batch: int | None    # None: the bundle's per bucket
+    packing: str = "none"
+    canvas_gutter: int | None = None  # None: the bundle's
 
 
 def bundle_values(bundle) -> dict:
@@ -80,7 +92,8 @@ def bundle_values(bundle) -> dict:
     return {"scales": bundle.scales, "valid_ranges": bundle.valid_ranges, "chip_params": bundle.chip_params,
             "decode": dict(bundle.decode), "soft_nms": {"class_aware": True, **bundle.soft_nms},
             "max_detections": bundle.max_detections, "scale": 1, "padding": "bucket", "merge_chips": True,
-            "align_chips": False, "chips_on_host": False, "padded_decode": False, "max_batch": None}
+            "align_chips": False, "chips_on_host": False, "padded_decode": False, "max_batch": None,
+            "packing": "none", "canvas_gutter": None}
 
 
 def check_names(overrides: dict, where: str) -> None:
@@ -121,7 +134,10 @@ def resolve(base: dict, *layers: dict) -> CascadeParams:
                          align_chips=_bool(values["align_chips"], "align_chips"),
                          chips_on_host=_bool(values["chips_on_host"], "chips_on_host"),
                          padded_decode=_bool(values["padded_decode"], "padded_decode"),
-                         max_batch=None if values["max_batch"] is None else _int(values["max_batch"], "max_batch", 1))
+                         max_batch=None if values["max_batch"] is None else _int(values["max_batch"], "max_batch", 1),
+                         packing=_choice(values.get("packing", "none"), "packing", PACKINGS),
+                         canvas_gutter=(None if values.get("canvas_gutter") is None
+                                        else _int(values["canvas_gutter"], "canvas_gutter", 0)))
 
 
 # ------------------------------------------------------------------------------------------ checks

@@ -19,7 +19,8 @@ class RunStats:
         self.info = {"mode": mode, "images": images, "backend": backend, "device": device, "padding": padding,
                      "synced_stages": sync is not None}
         self._sync = sync
-        self.scales = [{"scale": s + 1, "chips": 0, "pixels": 0, "padded_pixels": 0} for s in range(scales)]
+        # shapes: network calls per input shape at that scale
+        self.scales = [{"scale": s + 1, "chips": 0, "pixels": 0, "padded_pixels": 0, "shapes": {}} for s in range(scales)]
         self.batches: dict[str, int] = {}
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.host_syncs = None
@@ -42,12 +43,20 @@ class RunStats:
         entry["pixels"] += int(real_hw[0]) * int(real_hw[1])
         entry["padded_pixels"] += int(padded_hw[0]) * int(padded_hw[1])
 
-    def add_batch(self, shape):
+    def add_canvas(self, scale_index: int, padded_hw):
+        """One packed canvas (runtime/packing.py) at scale_index: its pixels are the padded pixels of the
+        chips on it (add_inputs counts those chips with padded_hw (0, 0))."""
+        self.scales[scale_index]["padded_pixels"] += int(padded_hw[0]) * int(padded_hw[1])
+
+    def add_batch(self, shape, scale_index: int | None = None):
         key = f"{shape[0]}x{shape[1]}"
         self.batches[key] = self.batches.get(key, 0) + 1
+        if scale_index is not None:
+            shapes = self.scales[scale_index]["shapes"]
+            shapes[key] = shapes.get(key, 0) + 1
 
     def as_dict(self) -> dict:
         seconds = {k: round(v, 6) for k, v in self.seconds.items()}
         seconds["total"] = round(time.perf_counter() - self._start, 6)
-        return {**self.info, "scales": [dict(s) for s in self.scales], "batches": dict(self.batches),
+        return {**self.info, "scales": [{**s, "shapes": dict(s["shapes"])} for s in self.scales], "batches": dict(self.batches),
                 "seconds": seconds, "host_syncs": self.host_syncs}

@@ -17,6 +17,8 @@ TEST_SCALES = [[96, 128], [160, 256], [256, 384]]
 TEST_VALID_RANGES = [[80, None], [40, 120], [0, 60]]
 TEST_CHIP_PARAMS = [{"threshold": 0.02, "dilation": 3, "min_size": 3},
                     {"threshold": 0.2, "dilation": 3, "min_size": 4}]
+# packing="canvas": per chip scale its whole image's two shapes (buckets below)
+TEST_CANVASES = {"gutter": 32, "shapes": [[], [[160, 256], [256, 160]], [[256, 384], [384, 256]]]}
 TEST_BUCKETS = [(64, 64), (96, 128), (128, 96), (128, 128), (192, 192), (160, 256), (256, 160), (256, 256),
                 (256, 384), (384, 256),
                 # Never used by the tests: build_bundle checks the buckets against the default scales.
@@ -34,7 +36,8 @@ def build_test_bundle(folder):
                           parity_shapes=((1, 3, 64, 96), (2, 3, 96, 64)), log=lambda *a: None)
     fields = {k: v for k, v in bundle.to_dict().items()
               if k not in ("classes", "buckets", "max_batch", "precision", "artefacts")}
-    fields.update(scales=TEST_SCALES, valid_ranges=TEST_VALID_RANGES, chip_params=TEST_CHIP_PARAMS)
+    fields.update(scales=TEST_SCALES, valid_ranges=TEST_VALID_RANGES, chip_params=TEST_CHIP_PARAMS,
+                  canvases=TEST_CANVASES)
     write_bundle(folder, classes=bundle.classes, buckets=bundle.buckets, max_batch=bundle.max_batch,
                  precision=bundle.precision, **fields)
     return load_bundle(folder)

@@ -1,0 +1,89 @@
+"""One scale of the cascade with its chips packed onto fixed canvases (packing="canvas"): the stages of
+runtime/cascade.py around runtime/packing.py's layout. Whole-image scales never come here."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import ops, packing
+from .batching import BatchRegions
+from .cascade import (Context, Region, ScaleDetections, concat, crop_batch, focus_chips_batch,
+                      paint_detections)
+
+
+def run_scale_packed(ctx: Context, regions: list[Region], scale_index: int, chip_params=None):
+    """run_scale with the scale's chips packed onto its canvases (runtime/packing.py): each canvas one
+    network input, canvases of one shape batched up to max_batch. Each detection goes to the chip its box
+    centre lies in (none, in a gutter: dropped), is moved by that chip's offset, projected to original
+    pixels like the chip's own input and clipped to the chip: for stacking that equals the unpacked box
+    (a box crossing a chip side that is not an image side is dropped either way; one crossing an image
+    side is clipped there either way), and no box reaches a neighbour. Each chip's focus map is the
+    canvas's, cut at its offset (a multiple of the grid, so of the focus stride)."""
+    stats, device = ctx.stats, ctx.device
+    stride = ctx.bundle.strides["focus"]
+    with stats.stage("chips"):
+        sizes = np.array([r.size for r in regions], np.int64).reshape(-1, 2)
+        gutter = ctx.params.canvas_gutter if ctx.params.canvas_gutter is not None else packing.bundle_gutter(ctx.bundle)
+        layout = packing.pack(sizes, packing.canvases_for(ctx.bundle, ctx.params.scales, scale_index), gutter,
+                              ctx.bundle.input["size_divisor"], own_shape=lambda h, w: ctx.batching.input_shape((h, w)))
+        by_shape: dict[tuple, list[int]] = {}
+        for c, shape in enumerate(map(tuple, layout.shapes.tolist())):
+            by_shape.setdefault(shape, []).append(c)
+    parts, maps = [], []
+    for shape, canvases in by_shape.items():
+        step = ctx.batching.batch_limit(shape)
+        for k in range(0, len(canvases), step):
+            batch_canvases = canvases[k:k + step]
+            with stats.stage("chips"):
+                rows = packing.rows_of(layout, batch_canvases)
+                # each chip cut at its own size (one slot for all would cost the largest chip's pixels each)
+                crops = [crop_batch(ctx, regions, [i], regions[i].size)[0] for i in rows]
+                batch = packing.paste(crops, layout, batch_canvases, shape)
+                placed = BatchRegions.of(regions, list(rows), device)
+                slot_of = {c: j for j, c in enumerate(batch_canvases)}
+                # per chip: its canvas in the batch, its rectangle there, its box (original px)
+                where = np.array([[slot_of[int(layout.canvas[i])], *layout.offsets[i], *(layout.offsets[i] + sizes[i, ::-1]),
+                                   *regions[i].box] for i in rows], np.float64).reshape(-1, 9)
+                where_t = ops.to_device(where, device)
+            stats.add_batch(shape, scale_index)
+            for i in rows:
+                stats.add_inputs(scale_index, regions[i].size, (0, 0))
+            for _ in batch_canvases:
+                stats.add_canvas(scale_index, shape)
+            with stats.stage("network"):
+                out = ctx.network(batch)
+            with stats.stage("postprocess"):
+                p = ctx.params.decode
+                dec = ops.decode(out["scores"], out["ltrb"], stride=ctx.bundle.strides["detection"],
+                                 score_threshold=p["score_threshold"], max_candidates=p["max_candidates"],
+                                 padded=ctx.params.padded_decode)
+                boxes, scores, labels, b = dec[:4]
+                valid = dec[4] if ctx.params.padded_decode else torch.ones_like(scores, dtype=torch.bool)
+                owner, found = packing.owners(boxes, b.long(), where_t[:, 1:5].float(), where_t[:, 0].long())
+                offset = where_t[owner, 1:3].float().repeat(1, 2)
+                chip = where_t[owner, 5:9].float()
+                local = (boxes - offset) / placed.factors[owner][:, None] + placed.origins[owner].repeat(1, 2)
+                mapped = torch.minimum(torch.maximum(local, chip[:, [0, 1, 0, 1]]), chip[:, [2, 3, 2, 3]])
+                dets = ScaleDetections(mapped, scores, labels, placed.owners[owner, 0], placed.owners[owner, 1],
+                                       keep=valid & found)
+                parts.append(dets)
+            if chip_params is not None:
+                with stats.stage("chips"):
+                    focus = out["focus"][:, 1]
+                    cell0 = (where_t[:, [2, 1]] / stride).long()  # (y, x) of each chip's first cell
+                    hm, wm = (int(v) for v in np.ceil(sizes[rows] / stride).max(0))
+                    ys = (cell0[:, :1] + torch.arange(hm, device=device)).clamp(max=focus.shape[1] - 1)
+                    xs = (cell0[:, 1:] + torch.arange(wm, device=device)).clamp(max=focus.shape[2] - 1)
+                    probs = focus[where_t[:, 0].long()[:, None, None], ys[:, :, None], xs[:, None, :]]
+                    if chip_params["box_score"] is not None:
+                        probs = paint_detections(ctx, probs, dets, owner, placed, chip_params["box_score"],
+                                                 ctx.params.valid_ranges[scale_index + 1])
+                    maps.append((probs, list(rows), placed))
+    if chip_params is None:
+        return concat(ctx, parts), None
+    next_chips = [[] for _ in ctx.images]
+    with stats.stage("chips"):
+        for probs, idx, batch_regions in maps:
+            for image, box in focus_chips_batch(ctx, probs, regions, idx, batch_regions, chip_params):
+                next_chips[image].append(box)
+    return concat(ctx, parts), next_chips
