@@ -246,7 +246,7 @@ class TestFocusChips:
            d=st.sampled_from([1, 3, 5]), k=st.integers(1, 16))
     def test_edge_cases_match_reference(self, h, w, data, d, k):
         # small maps (often smaller than k), single pixels, all-on maps, blobs on every border
-        prob = data.draw(hnp.arrays(np.float32, (h, w), elements=st.sampled_from([0.0, 0.0, 0.3, 1.0])))
+        prob = data.draw(hnp.arrays(np.float32, (h, w), elements=st.sampled_from([0.0, 0.0, float(np.float32(0.3)), 1.0])))
         chips = ops.focus_chips(prob, 0.3, d, k)
         np.testing.assert_array_equal(chips, focus_chips_reference(prob, 0.3, d, k))
         check_chip_invariants(chips, prob, 0.3, d, k)
