@@ -11,7 +11,7 @@ category_id: the bundle's class index + 1, or the id of the category of the same
 input or --annotations. --viz DIR writes DIR/<stem>-<digest of the id>.png: each scale's chips
 (scale 1 blue, 2 green, 3 red, further scales yellow) and the detections (white, with class and score).
 Exit status: 0 all done, 1 some images failed, 2 nothing ran (bad arguments or outputs). Details:
-runtime/collection.py and runtime/distributed.py.
+runtime/collection.py (runtime/inputs.py, runtime/shards.py, runtime/drawings.py) and runtime/distributed.py.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     paths (a dataset) -> decode (Ray tasks, num_cpus=DECODE_CPUS each) -> EngineActor pool (map_batches
     with a callable class: one AutoFocusEngine an actor, num_gpus=1 where the cluster has GPUs) -> each
     actor batch is one shard, written by the actor into the work folder -> the driver counts the images
-    (progress) and, at the end, runtime.collection merges the shards.
+    (progress) and, at the end, runtime.collection merges the shards (runtime/shards.py).
 
 The actors run runtime.collection.BatchWorker, as the single process does: the same results, image for
 image. The work folder, --viz and the bundle must be paths every node can reach (a shared file system).
@@ -16,7 +16,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .collection import BatchWorker, CollectionError, Item, ShardStore, key, read_image, writer_name
+from .collection import BatchWorker, read_image, writer_name
+from .inputs import CollectionError, Item, key
+from .shards import ShardStore
 
 DECODE_CPUS = 0.25     # a decode task's CPU reservation (Ray's logical CPUs): reading a JPEG is light
 ACTOR_CPU_SHARE = 0.75  # of the cluster's CPUs reserved by the actors together; the rest is left to decoding

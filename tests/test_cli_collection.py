@@ -16,7 +16,8 @@ from collection_fixtures import cli_command, cli_env, run_cli, shard_records, sm
 from engine_fixtures import val_images
 from runtime import AutoFocusEngine
 from runtime.__main__ import main
-from runtime.collection import CollectionError, collect, drawing_name
+from runtime.drawings import drawing_name
+from runtime.inputs import CollectionError, collect
 
 
 def _main(bundle, *args):

@@ -12,7 +12,7 @@ from engine_fixtures import val_images
 from runtime import AutoFocusEngine, Detections
 from runtime import cli_options
 from runtime.__main__ import main
-from runtime.collection import draw
+from runtime.drawings import draw
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_score_threshold_keeps_what_numpy_keeps(bundle, engine, image_paths, tmp
     # The drawing shows the kept detections only.
     image = cv2.imread(str(image_paths[0]))
     kept = Detections(want_all.boxes[keep], want_all.scores[keep], want_all.labels[keep], want_all.chips)
-    (drawing,) = viz.glob("img_0-*.png")  # runtime.collection.drawing_name: stem and a digest of the id
+    (drawing,) = viz.glob("img_0-*.png")  # runtime.drawings.drawing_name: stem and a digest of the id
     drawn = cv2.imread(str(drawing))
     np.testing.assert_array_equal(drawn, draw(image, kept, engine.classes))
     assert not np.array_equal(drawn, draw(image, want_all, engine.classes))

@@ -291,7 +291,8 @@ def test_incomplete_bundles_are_refused(bundle, tmp_path):
 
 def test_cli_writes_coco_results_and_drawings(bundle, images, tmp_path, capsys):
     from runtime.__main__ import main
-    from runtime.collection import Item, drawing_name
+    from runtime.drawings import drawing_name
+    from runtime.inputs import Item
     paths = []
     for i, image in enumerate(images[:2]):
         paths.append(tmp_path / f"val_{i}.png")
