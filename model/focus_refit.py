@@ -1,7 +1,8 @@
 """Refit the FocusPixel head on the inputs it sees at inference, with the rest of the network frozen.
 
     python -m model.focus_refit                  # runs/default/final.pt -> runs/default/final_refit.pt
-    python -m model.focus_refit --checkpoint my_run/final.pt --out my.pt --minutes 10
+    python -m model.focus_refit --checkpoint my_run/final.pt --out my.pt --minutes 10 \
+        --train-annotations my/train.json --train-images my/images      # your COCO data
 
 The shipped model/checkpoints/default.pt is the jointly trained model after this refit (its
 "focus_refit" entry records how).
@@ -239,7 +240,9 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                    help=f"the trained detector (default {DEFAULT_CHECKPOINT})")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="checkpoint to write (same format, new focus head)")
-    p.add_argument("--annotations", help="COCO JSON of the training images (default: the config's train split)")
+    p.add_argument("--train-annotations", "--annotations", dest="annotations",
+                   help="COCO JSON of the training images (default: the config's train split)")
+    p.add_argument("--train-images", help="their folder (default: <annotations folder>/images)")
     p.add_argument("--images", type=int, default=0, help="use the first N training images (0: all)")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of them held out to pick the epoch")
     p.add_argument("--epochs", type=int, default=40)
@@ -259,7 +262,10 @@ def main(argv=None) -> int:
     model, config = load_model(args.checkpoint)
     if args.focus_features and args.focus_features != model.focus_features_kind:
         set_focus_features(model, config, args.focus_features)
-    coco = load_coco(args.annotations) if args.annotations else load_split(config["data"]["train_split"])
+    if args.train_images and not args.annotations:
+        p.error("--train-images needs --train-annotations")
+    coco = load_coco(args.annotations, args.train_images) if args.annotations \
+        else load_split(config["data"]["train_split"])
     n = len(coco.images) if args.images <= 0 else min(args.images, len(coco.images))
     n_held = max(1, int(round(n * args.holdout)))
     if n - n_held < 1:
