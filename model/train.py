@@ -41,7 +41,7 @@ from runtime.geometry import padded_length, resized_image_size, scale_factor
 from model.checkpoint import read_checkpoint, save_checkpoint
 from model.chips import Chip, chip_boxes, negative_chips, positive_chips, render_chip
 from model.config import load_config
-from model.data import read_image
+from model.data import check_same_classes, read_image
 from model.evaluate import coco_eval, metrics_of
 from model.labels import detection_targets, focus_labels, valid_range_mask
 from model.network import AutoFocusNet, build_model
@@ -371,9 +371,7 @@ def train(config: dict, run_dir: Path, resume: bool = False, train_set=None, val
     coco = train_set if train_set is not None else load_split(config["data"]["train_split"])
     val = val_set if val_set is not None else (coco if train_set is not None
                                                else load_split(config["data"]["val_split"]))
-    if val.classes != coco.classes:
-        raise ValueError(f"val set {val.annotations_path}: classes {val.classes} differ from the train set's "
-                         f"{coco.classes} ({coco.annotations_path})")
+    check_same_classes(coco, val)
     classes = list(coco.classes)
     model = build_model(config, len(classes))
     optimizer = make_optimizer(model, config["optim"])
@@ -493,10 +491,7 @@ def load_user_sets(train_annotations, train_images=None, val_annotations=None, v
               file=sys.stderr)
         return train_set, train_set
     val_set = load_coco(val_annotations, val_images)
-    if val_set.classes != train_set.classes:
-        raise ValueError(f"--val-annotations: {val_set.annotations_path} has classes {val_set.classes}, "
-                         f"the training file {train_set.annotations_path} has {train_set.classes}: "
-                         "the two files must list the same categories")
+    check_same_classes(train_set, val_set)
     return train_set, val_set
 
 

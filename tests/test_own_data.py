@@ -97,8 +97,11 @@ def test_training_refuses_val_classes_that_differ(shapes, tmp_path, capsys):
     other["categories"][0]["name"] = "ring"
     path = tmp_path / "other.json"
     path.write_text(json.dumps(other))
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(tiny_overrides()))
     with pytest.raises(SystemExit):
-        train_main(["--run-dir", str(tmp_path), "--train-annotations", str(shapes["train"]),
+        train_main(["--config", str(cfg), "--max-steps", "1", "--run-dir", str(tmp_path),
+                    "--train-annotations", str(shapes["train"]),
                     "--train-images", str(shapes["train_images"]), "--val-annotations", str(path),
                     "--val-images", str(shapes["root"] / "val" / "images")])
     assert "ring" in capsys.readouterr().err
