@@ -201,7 +201,9 @@ def compute_losses(outputs: dict, targets: dict, config: dict) -> dict:
         box_loss = outputs["ltrb"].sum() * 0.0
 
     fl = targets["focus_labels"]
-    if (fl >= 0).any():
+    if "focus_logits" not in outputs:  # a detector trained without a focus head (refit one later)
+        focus_loss = torch.zeros((), device=logits.device)
+    elif (fl >= 0).any():
         focus_loss = F.cross_entropy(outputs["focus_logits"], fl, ignore_index=-1)
     else:
         focus_loss = outputs["focus_logits"].sum() * 0.0
