@@ -296,3 +296,59 @@ def check_torch_program_parity(model: torch.nn.Module, pt2_path: str | os.PathLi
         except ParityError as e:
             raise ParityError(f"{pt2_path} at input shape {shape}: {e}") from None
     return {**_merge_reports(reports), "shapes": len(reports)}
+
+
+# ------------------------------------------------------------------------------ a user's ONNX file
+
+def _ort_session(path):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def check_onnx_contract(onnx_path, num_classes: int, shapes=PARITY_SHAPES) -> None:
+    """A user's ONNX file against docs/contract.md: the ONNX checker, the input `image`, the outputs
+    `scores`, `ltrb`, `focus`, then onnxruntime at every shape in `shapes` (so height, width and batch
+    must be dynamic) with model.user_network.check_outputs. Raises ContractError (a ValueError) naming
+    the problem."""
+    import onnx
+    from model.user_network import ContractError, check_outputs
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--onnx: no such file {path}")
+    try:
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+    except Exception as e:  # not ONNX, truncated, invalid graph
+        raise ContractError(f"--onnx: {path} is not a valid ONNX model ({type(e).__name__}: {e})") from e
+    inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    if inputs != [INPUT_NAME]:
+        raise ContractError(f"--onnx: {path} must have one input named {INPUT_NAME!r} (docs/contract.md), has {inputs}")
+    outputs = [o.name for o in proto.graph.output]
+    missing = [n for n in OUTPUT_NAMES if n not in outputs]
+    if missing:
+        raise ContractError(f"--onnx: {path}: missing output(s) {missing}; it has {outputs} (docs/contract.md)")
+    session = _ort_session(path)
+    for shape, image in _parity_inputs(_check_shapes(shapes), 0):
+        try:
+            got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.numpy()})
+        except Exception as e:  # onnxruntime raises its own types for shape errors
+            raise ContractError(f"--onnx: {path} does not run at input shape {shape} ({e}); its batch, height "
+                                "and width must be dynamic") from e
+        check_outputs(dict(zip(OUTPUT_NAMES, got)), shape, num_classes, f"--onnx {path.name}")
+
+
+def check_fp16_against_onnx(onnx_path, onnx_fp16_path, shapes=PARITY_SHAPES, seed: int = 0) -> dict:
+    """The fp16 ONNX against the fp32 ONNX (onnxruntime both) with the fp16 bar, where no PyTorch
+    module exists to be the reference."""
+    ref_session, half_session = _ort_session(onnx_path), _ort_session(onnx_fp16_path)
+    reports = []
+    for shape, image in _parity_inputs(_check_shapes(shapes), seed):
+        ref = dict(zip(OUTPUT_NAMES, ref_session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.numpy()})))
+        got = dict(zip(OUTPUT_NAMES, half_session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.numpy()})))
+        try:
+            reports.append(compare_outputs(ref, got, FP16_TOLERANCE, FP16_RELATIVE))
+        except ParityError as e:
+            raise ParityError(f"{onnx_fp16_path} at input shape {shape}: {e}") from None
+    return {**_merge_reports(reports), "shapes": len(reports)}

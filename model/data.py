@@ -115,6 +115,15 @@ def load_coco(annotations_path, images_dir=None) -> CocoSet:
                    labels=labels, annotations_path=path)
 
 
+def check_same_classes(train_set: CocoSet, val_set: CocoSet) -> None:
+    """A validation set is scored against the training set's labels: the two files must list the same
+    categories (same names in the same id order). ValueError naming both files otherwise."""
+    if list(val_set.classes) != list(train_set.classes):
+        raise ValueError(f"{val_set.annotations_path} has classes {val_set.classes}, the training file "
+                         f"{train_set.annotations_path} has {train_set.classes}: the two files must list the "
+                         "same categories")
+
+
 def read_image(path) -> np.ndarray:
     """An image file as HxWx3 uint8 BGR, read as the engine reads one (runtime.images.load_image:
     grayscale becomes 3 channels, alpha is dropped, 16-bit is scaled to 8).

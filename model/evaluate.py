@@ -5,7 +5,8 @@ FocusChips of each transition hold, and how much of the image they cover).
 Thin on purpose: preprocessing, decoding, chips and Soft-NMS are runtime.ops, so these figures are those
 of the deployed pipeline; the engine (runtime/) owns the cascade itself.
 
-    python -m model.evaluate [--checkpoint model/checkpoints/default.pt] [--split val] [--limit N]
+    python -m model.evaluate [--checkpoint model/checkpoints/default.pt] [--limit N]
+    python -m model.evaluate --checkpoint runs/mine/final.pt --val-annotations my/val.json --val-images my/images
 """
 from __future__ import annotations
 
@@ -176,6 +177,9 @@ def evaluate(checkpoint=DEFAULT_CHECKPOINT, annotations=None, images_dir=None, l
     if annotations is None:
         annotations = ensure_split("val") / "annotations.json"
     coco_set = load_coco(annotations, images_dir)
+    if list(coco_set.classes) != list(config["classes"]):
+        raise ValueError(f"annotations: {annotations} has classes {coco_set.classes}, the checkpoint {checkpoint} "
+                         f"was trained on {config['classes']}: evaluate it on a file with the same categories")
     images = coco_set.images[:limit] if limit else coco_set.images
     runner = ScaleRunner(model, config)
     scales, ranges = inference["scales"], inference["valid_ranges"]
@@ -235,12 +239,19 @@ def format_report(report: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--annotations", help="COCO JSON (default: the generated val split)")
-    parser.add_argument("--images", help="image folder (default: <annotations dir>/images)")
+    parser.add_argument("--val-annotations", "--annotations", dest="annotations",
+                        help="COCO JSON (default: the generated val split)")
+    parser.add_argument("--val-images", "--images", dest="images",
+                        help="image folder (default: <annotations dir>/images)")
     parser.add_argument("--limit", type=int, help="evaluate the first N images only")
     parser.add_argument("--json", help="also write the report to this file")
     args = parser.parse_args(argv)
-    report = evaluate(args.checkpoint, args.annotations, args.images, args.limit)
+    if args.images and not args.annotations:
+        parser.error("--val-images needs --val-annotations")
+    try:
+        report = evaluate(args.checkpoint, args.annotations, args.images, args.limit)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

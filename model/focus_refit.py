@@ -1,7 +1,10 @@
 """Refit the FocusPixel head on the inputs it sees at inference, with the rest of the network frozen.
 
     python -m model.focus_refit                  # runs/default/final.pt -> runs/default/final_refit.pt
-    python -m model.focus_refit --checkpoint my_run/final.pt --out my.pt --minutes 10
+    python -m model.focus_refit --checkpoint my_run/final.pt --out my.pt --minutes 10 \
+        --train-annotations my/train.json --train-images my/images      # your COCO data
+    python -m model.focus_refit --network my_pkg.det:build --weights det.pt --feature neck.p4 \
+        --config my.json --train-annotations my/train.json --out refit.pt  # your detector (docs/own_model.md)
 
 The shipped model/checkpoints/default.pt is the jointly trained model after this refit (its
 "focus_refit" entry records how).
@@ -239,7 +242,9 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                    help=f"the trained detector (default {DEFAULT_CHECKPOINT})")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="checkpoint to write (same format, new focus head)")
-    p.add_argument("--annotations", help="COCO JSON of the training images (default: the config's train split)")
+    p.add_argument("--train-annotations", "--annotations", dest="annotations",
+                   help="COCO JSON of the training images (default: the config's train split)")
+    p.add_argument("--train-images", help="their folder (default: <annotations folder>/images)")
     p.add_argument("--images", type=int, default=0, help="use the first N training images (0: all)")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of them held out to pick the epoch")
     p.add_argument("--epochs", type=int, default=40)
@@ -250,16 +255,46 @@ def main(argv=None) -> int:
     p.add_argument("--focus-features", choices=FOCUS_FEATURES,
                    help="what the head reads (default: as the checkpoint's): p4+p3max / p4+p3fold add the "
                         "stride-8 map max-pooled / folded onto the stride-16 cells (model/network.py)")
+    p.add_argument("--network", help="your detector as module:factory (docs/own_model.md); with --weights and "
+                   "--feature it gets a new focus head, refit here with the detector frozen")
+    p.add_argument("--weights", help="--network's state_dict (or a refit file, to refit again)")
+    p.add_argument("--feature", help="--network's submodule whose output is the stride-16 map the head reads")
+    p.add_argument("--config", help="--network's JSON config (classes, scales, ...: docs/own_model.md); "
+                   "default: classes from the COCO file, the default scales")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     args = p.parse_args(argv)
     if not 0 < args.holdout < 1:
         p.error(f"--holdout: expected a fraction in (0, 1), got {args.holdout}")
     torch.set_num_threads(args.threads)
+    if args.train_images and not args.annotations:
+        p.error("--train-images needs --train-annotations")
+    if args.network:
+        return _refit_user_network(p, args, argv)
+    if args.weights or args.feature or args.config:
+        p.error("--weights/--feature/--config go with --network")
     model, config = load_model(args.checkpoint)
     if args.focus_features and args.focus_features != model.focus_features_kind:
         set_focus_features(model, config, args.focus_features)
-    coco = load_coco(args.annotations) if args.annotations else load_split(config["data"]["train_split"])
+    coco = load_coco(args.annotations, args.train_images) if args.annotations \
+        else load_split(config["data"]["train_split"])
+    t0 = time.time()
+    history, n, n_held = _collect_and_refit(p, args, model, coco, config)
+    state = read_checkpoint(args.checkpoint)
+    extra = {k: v for k, v in state.items() if k not in ("version", "model", "config", "classes")}
+    extra["focus_refit"] = _record(args, argv, history, n, n_held, t0, source=str(args.checkpoint),
+                                   focus_features=model.focus_features_kind)
+    if "focus_refit" in state:  # a refit of a refit keeps the earlier record
+        extra["focus_refit"]["previous"] = state["focus_refit"]
+    config = {k: v for k, v in config.items() if k != "classes"}
+    save_checkpoint(Path(args.out), model, config, state["classes"], **extra)
+    _report(history, args.out)
+    return 0
+
+
+def _collect_and_refit(p, args, model, coco, config):
+    """Features and labels of the first --images images (the last --holdout of them held out), then the
+    refit; returns (history, images, held out)."""
     n = len(coco.images) if args.images <= 0 else min(args.images, len(coco.images))
     n_held = max(1, int(round(n * args.holdout)))
     if n - n_held < 1:
@@ -272,25 +307,57 @@ def main(argv=None) -> int:
     for d in train:
         d["perm"] = torch.randperm(len(d["labels"]))
     print(f"  {time.time() - t0:.0f} s", file=sys.stderr)
-    history = refit(model, train, held, args.epochs, args.minutes, args.lr, progress=not args.quiet)
-    state = read_checkpoint(args.checkpoint)
-    extra = {k: v for k, v in state.items() if k not in ("version", "model", "config", "classes")}
-    extra["focus_refit"] = {"images": n, "held_out": n_held, "epochs_run": len(history["epochs"]),
-                            "best_epoch": history["best_epoch"], "lr": args.lr, "balance": args.balance,
-                            "held_out_coverage_at_recall": {"recall": RECALL, "before": history["epoch0_coverage"],
-                                                            "after": history["best_coverage"]},
-                            "minutes": (time.time() - t0) / 60.0, "source": str(args.checkpoint),
-                            "focus_features": model.focus_features_kind,
-                            "command": " ".join(["python -m model.focus_refit", *(sys.argv[1:] if argv is None
-                                                                                  else argv)])}
-    if "focus_refit" in state:  # a refit of a refit keeps the earlier record
-        extra["focus_refit"]["previous"] = state["focus_refit"]
-    config = {k: v for k, v in config.items() if k != "classes"}
-    save_checkpoint(Path(args.out), model, config, state["classes"], **extra)
+    return refit(model, train, held, args.epochs, args.minutes, args.lr, progress=not args.quiet), n, n_held
+
+
+def _record(args, argv, history, n, n_held, t0, **more) -> dict:
+    return {"images": n, "held_out": n_held, "epochs_run": len(history["epochs"]),
+            "best_epoch": history["best_epoch"], "lr": args.lr, "balance": args.balance,
+            "held_out_coverage_at_recall": {"recall": RECALL, "before": history["epoch0_coverage"],
+                                            "after": history["best_coverage"]},
+            "minutes": (time.time() - t0) / 60.0, **more,
+            "command": " ".join(["python -m model.focus_refit", *(sys.argv[1:] if argv is None else argv)])}
+
+
+def _report(history, out) -> None:
     print(f"held-out coverage at {RECALL:.0%} recall of positive objects, per coarse scale: "
           f"{' / '.join(f'{c:.3f}' for c in history['epoch0_coverage'])} before, "
           f"{' / '.join(f'{c:.3f}' for c in history['best_coverage'])} after (epoch {history['best_epoch']}); "
-          f"wrote {args.out}")
+          f"wrote {out}")
+
+
+def _refit_user_network(p, args, argv=None) -> int:
+    """--network: the user's detector, frozen, with a new (or, from a refit file, the earlier) focus head
+    on --feature, refit on the COCO data; writes a refit file (model.user_network.save_refit) that
+    export/build_engine.py --network ... --weights <it> builds into a bundle."""
+    from model import user_network as un
+    if not args.annotations:
+        p.error("--network needs --train-annotations (your COCO file)")
+    if args.out == str(DEFAULT_OUT):
+        p.error("--network needs --out (the refit file to write)")
+    try:
+        coco = load_coco(args.annotations, args.train_images)
+        user = un.load_user_config(args.config) if args.config else None
+        model = un.load_user_network(args.network, args.weights, user and user["factory_kwargs"], args.feature)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+    if not isinstance(model, un.FocusHeadAttached):
+        p.error("--network: name the stride-16 feature map the focus head reads with --feature")
+    if user is None:
+        from model.config import load_config
+        base = load_config()
+        user = {"classes": list(coco.classes), "input": base["input"], "inference": base["inference"],
+                "network": {"det_stride": 8, "focus_stride": un.FOCUS_STRIDE}, "focus_labels": base["focus_labels"],
+                "factory_kwargs": {}}
+    model.requires_grad_(False)  # the detector stays frozen: refit() optimises the head's weights only
+    for m in (model.focus_conv, model.focus_out):
+        m.requires_grad_(True)
+    t0 = time.time()
+    history, n, n_held = _collect_and_refit(p, args, model, coco, user)
+    record = _record(args, argv, history, n, n_held, t0, source=str(args.weights), feature=model.feature)
+    config = {k: v for k, v in user.items() if k != "classes"}
+    un.save_refit(args.out, model, args.network, user["classes"], config, focus_refit=record)
+    _report(history, args.out)
     return 0
 
 

@@ -2,6 +2,12 @@
 
     python3 -m model.train                      # model/configs/default.json -> runs/default/
     python3 -m model.train --config my.json --resume
+    python3 -m model.train --train-annotations my/train.json --train-images my/images \
+        --val-annotations my/val.json --val-images my/images --run-dir runs/mine   # your COCO data
+
+Classes come from the COCO file's categories (any ids, labels 0-based in category-id order; the
+checkpoint records their names, and export writes them into bundle.json). Without COCO files the
+generated synthetic splits are used.
 
 Phase 1 trains on positive chips; at `schedule.phase1_fraction` of the budget the model is run on a
 subset of training images at every scale, and chips covering confident false positives are added as
@@ -35,7 +41,7 @@ from runtime.geometry import padded_length, resized_image_size, scale_factor
 from model.checkpoint import read_checkpoint, save_checkpoint
 from model.chips import Chip, chip_boxes, negative_chips, positive_chips, render_chip
 from model.config import load_config
-from model.data import read_image
+from model.data import check_same_classes, read_image
 from model.evaluate import coco_eval, metrics_of
 from model.labels import detection_targets, focus_labels, valid_range_mask
 from model.network import AutoFocusNet, build_model
@@ -195,7 +201,9 @@ def compute_losses(outputs: dict, targets: dict, config: dict) -> dict:
         box_loss = outputs["ltrb"].sum() * 0.0
 
     fl = targets["focus_labels"]
-    if (fl >= 0).any():
+    if "focus_logits" not in outputs:  # a detector trained without a focus head (refit one later)
+        focus_loss = torch.zeros((), device=logits.device)
+    elif (fl >= 0).any():
         focus_loss = F.cross_entropy(outputs["focus_logits"], fl, ignore_index=-1)
     else:
         focus_loss = outputs["focus_logits"].sum() * 0.0
@@ -363,7 +371,9 @@ def train(config: dict, run_dir: Path, resume: bool = False, train_set=None, val
     last_path, final_path = run_dir / "last.pt", run_dir / "final.pt"
 
     coco = train_set if train_set is not None else load_split(config["data"]["train_split"])
-    val = val_set if val_set is not None else load_split(config["data"]["val_split"])
+    val = val_set if val_set is not None else (coco if train_set is not None
+                                               else load_split(config["data"]["val_split"]))
+    check_same_classes(coco, val)
     classes = list(coco.classes)
     model = build_model(config, len(classes))
     optimizer = make_optimizer(model, config["optim"])
@@ -473,17 +483,61 @@ def train(config: dict, run_dir: Path, resume: bool = False, train_set=None, val
             "losses": running, "history": history, "minutes": (time.time() - t_process) / 60}
 
 
+def load_user_sets(train_annotations, train_images=None, val_annotations=None, val_images=None):
+    """(train CocoSet, val CocoSet) from the user's COCO files; without val_annotations the training
+    set doubles as the validation set (said on stderr). ValueError when the two files' classes differ."""
+    from model.data import load_coco
+    train_set = load_coco(train_annotations, train_images)
+    if val_annotations is None:
+        print(f"no --val-annotations: validating on the training set {train_set.annotations_path}",
+              file=sys.stderr)
+        return train_set, train_set
+    val_set = load_coco(val_annotations, val_images)
+    check_same_classes(train_set, val_set)
+    return train_set, val_set
+
+
+def add_data_arguments(ap, train: bool = True, val: bool = True) -> None:
+    """--train-annotations/--train-images and --val-annotations/--val-images (one spelling for
+    model.train, model.focus_refit and model.evaluate)."""
+    if train:
+        ap.add_argument("--train-annotations", help="COCO JSON of your training images (default: the "
+                        "generated synthetic train split)")
+        ap.add_argument("--train-images", help="their folder (default: <annotations folder>/images)")
+    if val:
+        ap.add_argument("--val-annotations", help="COCO JSON of your validation images (default: the "
+                        "generated val split; with --train-annotations: the training file)")
+        ap.add_argument("--val-images", help="their folder (default: <annotations folder>/images)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=None, help="JSON overriding model/configs/default.json")
     ap.add_argument("--run-dir", default=None, help="default: runs/<config name>")
     ap.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
     ap.add_argument("--minutes", type=float, default=None, help="override schedule.time_budget_minutes")
+    ap.add_argument("--max-steps", type=int, default=None, help="override schedule.max_steps (0: no limit)")
+    add_data_arguments(ap)
     args = ap.parse_args(argv)
-    overrides = {"schedule": {"time_budget_minutes": args.minutes}} if args.minutes else None
-    config = load_config(args.config, overrides)
+    if (args.train_images or args.val_annotations or args.val_images) and not args.train_annotations:
+        ap.error("--train-images/--val-annotations/--val-images need --train-annotations")
+    if args.val_images and not args.val_annotations:
+        ap.error("--val-images needs --val-annotations")
+    schedule = {}
+    if args.minutes:
+        schedule["time_budget_minutes"] = args.minutes
+    if args.max_steps is not None:
+        schedule["max_steps"] = args.max_steps
+    config = load_config(args.config, {"schedule": schedule} if schedule else None)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / config["name"]
-    summary = train(config, run_dir, resume=args.resume)
+    train_set = val_set = None
+    if args.train_annotations:
+        try:
+            train_set, val_set = load_user_sets(args.train_annotations, args.train_images, args.val_annotations,
+                                                args.val_images)
+        except (ValueError, FileNotFoundError) as e:
+            ap.error(str(e))
+    summary = train(config, run_dir, resume=args.resume, train_set=train_set, val_set=val_set)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
     return 0
 
