@@ -27,8 +27,15 @@ from runtime.stats import RunStats
 
 HOST_READS = {"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "__array__"}
 # The policies that matter: the CUDA one emulated on the CPU, and the CPU default.
+# "cpu": the CPU default's padding and packing with batches not split at a bucket's max batch (there
+# each split is one more network call, and its decode, for the same per-call work: the count follows the
+# network calls, which test_engine and fps count, not the chips).
 POLICIES = {"cuda": {"padding": "shared", "max_batch": 16, "packing": "canvas"},
             "cpu": {"padding": "divisor", "packing": "none", "max_batch": 64}}
+# The shipped chip parameters with min_size 3 cells at scale 1 (not 5): a 5-cell chip there spans the
+# scene's object spacing, neighbouring chips overlap and merge_chips joins them into rows.
+CHIP_PARAMS = [{"threshold": 0.2, "dilation": 1, "min_size": 3},
+               {"threshold": 0.5, "dilation": 3, "min_size": 8, "box_score": 0.5}]
 
 
 class Counter(TorchFunctionMode):
@@ -128,7 +135,7 @@ def _object():
     raise AssertionError("no small object in the synthetic set")
 
 
-def scene(copies: int, height: int = 720, width: int = 1280) -> np.ndarray:
+def scene(copies: int, height: int = 1280, width: int = 1280) -> np.ndarray:
     """A plain grey image with `copies` of one object on a 6 x 5 grid of cells (one at the centre)."""
     obj = _object()
     image = np.full((height, width, 3), 110, np.uint8)
@@ -145,7 +152,7 @@ def scene(copies: int, height: int = 720, width: int = 1280) -> np.ndarray:
 def run_counted(image: np.ndarray, policy: dict):
     """(counts, RunStats dict, detections) of one autofocus call on image under policy."""
     network, bundle = shipped()
-    params = resolve(bundle_values(bundle), dict(policy))
+    params = resolve(bundle_values(bundle), {"chip_params": CHIP_PARAMS, **policy})
     stats = RunStats("autofocus", 1, len(params.scales), "torch", "cpu", params.padding)
     counter = Counter()
 
@@ -171,7 +178,7 @@ def counted():
 def test_the_scenes_yield_1_and_about_30_chips_a_scale(counted, policy):
     one, many = counted[(policy, 1)][1], counted[(policy, 30)][1]
     assert [s["chips"] for s in one["scales"]] == [1, 1, 1]
-    assert all(s["chips"] >= 25 for s in many["scales"][1:]), many["scales"]
+    assert [s["chips"] for s in many["scales"]] == [1, 30, 30]
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))
