@@ -23,6 +23,7 @@ def run_scale_packed(ctx: Context, regions: list[Region], scale_index: int, chip
     stride = ctx.bundle.strides["focus"]
     with stats.stage("chips"):
         sizes = np.array([r.size for r in regions], np.int64).reshape(-1, 2)
+        chip_boxes = np.array([r.box for r in regions], np.float64).reshape(-1, 4)
         gutter = ctx.params.canvas_gutter if ctx.params.canvas_gutter is not None else packing.bundle_gutter(ctx.bundle)
         layout = packing.pack(sizes, packing.canvases_for(ctx.bundle, ctx.params.scales, scale_index), gutter,
                               ctx.bundle.input["size_divisor"], own_shape=lambda h, w: ctx.batching.input_shape((h, w)))
@@ -36,15 +37,15 @@ def run_scale_packed(ctx: Context, regions: list[Region], scale_index: int, chip
             batch_canvases = canvases[k:k + step]
             with stats.stage("chips"):
                 rows = packing.rows_of(layout, batch_canvases)
-                # each chip cut at its own size (one slot for all would cost the largest chip's pixels each)
-                crops = [crop_batch(ctx, regions, [i], regions[i].size)[0] for i in rows]
-                batch = packing.paste(crops, layout, batch_canvases, shape)
-                placed = BatchRegions.of(regions, list(rows), device)
-                slot_of = {c: j for j, c in enumerate(batch_canvases)}
+                slot_of = np.full(layout.count, -1, np.int64)
+                slot_of[np.asarray(batch_canvases, np.int64)] = np.arange(len(batch_canvases))
                 # per chip: its canvas in the batch, its rectangle there, its box (original px)
-                where = np.array([[slot_of[int(layout.canvas[i])], *layout.offsets[i], *(layout.offsets[i] + sizes[i, ::-1]),
-                                   *regions[i].box] for i in rows], np.float64).reshape(-1, 9)
+                off = layout.offsets[rows]
+                where = np.concatenate([slot_of[layout.canvas[rows]][:, None], off, off + sizes[rows, ::-1],
+                                        chip_boxes[rows]], 1).astype(np.float64).reshape(-1, 9)
                 where_t = ops.to_device(where, device)
+                placed = BatchRegions.of(regions, list(rows), device)
+                batch = _paste(ctx, regions, rows, sizes, where_t, len(batch_canvases), shape)
             stats.add_batch(shape, scale_index)
             for i in rows:
                 stats.add_inputs(scale_index, regions[i].size, (0, 0))
@@ -87,3 +88,21 @@ def run_scale_packed(ctx: Context, regions: list[Region], scale_index: int, chip
             for image, box in focus_chips_batch(ctx, probs, regions, idx, batch_regions, chip_params):
                 next_chips[image].append(box)
     return concat(ctx, parts), next_chips
+
+
+def _paste(ctx: Context, regions: list[Region], rows, sizes, where_t, count: int, shape) -> torch.Tensor:
+    """The batch's canvases (count, 3, H, W): its chips (rows) cut by one crop launch per size class (a slot
+    of the class's largest sides: one slot for all would cost the largest chip's pixels each) and written
+    at their offsets by one indexed copy per class (packing.paste_slots): the host work does not grow with
+    the chips."""
+    flat = torch.zeros(count * 3 * shape[0] * shape[1] + 1, device=ctx.device)
+    classes = packing.size_classes(sizes[rows])
+    for c in np.unique(classes):
+        members = np.flatnonzero(classes == c)
+        slot = tuple(int(v) for v in sizes[rows[members]].max(0))
+        crops = crop_batch(ctx, regions, list(rows[members]), slot)
+        sel = ops.to_device(members, ctx.device) if len(members) < len(rows) else slice(None)
+        w = where_t[sel]
+        packing.paste_slots(flat, (count, 3, *shape), crops, w[:, 0].long(), w[:, 1:3].long(),
+                            (w[:, [4, 3]] - w[:, [2, 1]]).long())
+    return flat[:-1].view(count, 3, *shape)

@@ -220,3 +220,34 @@ def owners(boxes, batch_index, rects, rect_batch):
               & (cx[:, None] < rects[None, :, 2]) & (cy[:, None] >= rects[None, :, 1]) & (cy[:, None] < rects[None, :, 3]))
     found = inside.any(1)
     return torch.argmax(inside.to(torch.uint8), 1), found
+
+
+def size_classes(sizes) -> np.ndarray:
+    """(n,) int64 class of each (height, width): chips of one class share a crop slot of the class's
+    largest height and width, at most twice each chip's side (power-of-two classes per side), so one crop
+    launch serves every chip of a class whatever their number, at <= 4x their pixels."""
+    s = np.asarray(sizes, np.int64).reshape(-1, 2)
+    bits = np.ceil(np.log2(np.maximum(s, 1))).astype(np.int64)
+    return bits[:, 0] * 64 + bits[:, 1]
+
+
+def paste_slots(flat, canvas_shape, crops, slot, offsets, sizes):
+    """Writes the chips into canvases with one indexed copy, no host read: flat is the canvases' storage
+    ((C * channels * H * W + 1,) with one spare element last), canvas_shape (C, channels, H, W); crops
+    (n, channels, h, w) slots holding each chip at their top-left; slot (n,) int64 the canvas of each,
+    offsets (n, 2) int64 its (x, y) there, sizes (n, 2) int64 its (height, width) (<= the slot's). Slot
+    pixels past a chip's size go to the spare element. Chips must lie inside their canvas (Packing does)."""
+    import torch
+    n, ch, h, w = crops.shape
+    if n == 0:
+        return
+    _, _, H, W = canvas_shape
+    dev = crops.device
+    ys = torch.arange(h, device=dev)[None, None, :, None]
+    xs = torch.arange(w, device=dev)[None, None, None, :]
+    cs = torch.arange(ch, device=dev)[None, :, None, None]
+    at = lambda t: t[:, None, None, None]  # noqa: E731
+    target = ((at(slot) * ch + cs) * H + at(offsets[:, 1]) + ys) * W + at(offsets[:, 0]) + xs
+    inside = (ys < at(sizes[:, 0])) & (xs < at(sizes[:, 1]))
+    target = torch.where(inside, target, flat.numel() - 1)
+    flat.index_copy_(0, target.reshape(-1), crops.reshape(-1))

@@ -305,3 +305,25 @@ def test_fixed_shape_backends_refuse_canvases_that_are_not_buckets(bundle):
     fine = AutoFocusEngine(bundle, backend="onnxruntime", padding="bucket")
     fine._backend.fixed_shapes = True
     assert fine._resolve({"packing": "canvas"}).packing == "canvas"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_paste_slots_equals_a_numpy_loop_of_slices(seed):
+    """packing.paste_slots (one indexed copy) against each chip pasted by a NumPy slice, for chips of
+    mixed sizes in slots larger than them (the slot's excess must not reach a neighbour)."""
+    rng = np.random.default_rng(seed)
+    sizes = np.stack([rng.integers(1, 90, 12), rng.integers(1, 90, 12)], 1)
+    layout = packing.pack(sizes, [[256, 320], [192, 192]], 32, GRID)
+    n = len(sizes)
+    slot_hw = sizes.max(0)
+    crops = rng.normal(size=(n, 3, *slot_hw)).astype(np.float32)
+    shape = tuple(int(v) for v in layout.shapes.max(0))
+    expected = np.zeros((layout.count, 3, *shape), np.float32)
+    for m in range(n):
+        (x, y), (h, w) = layout.offsets[m], sizes[m]
+        expected[layout.canvas[m], :, y:y + h, x:x + w] = crops[m, :, :h, :w]
+    flat = torch.zeros(expected.size + 1)
+    packing.paste_slots(flat, expected.shape, torch.from_numpy(crops), torch.from_numpy(layout.canvas),
+                        torch.from_numpy(layout.offsets), torch.from_numpy(sizes))
+    np.testing.assert_array_equal(flat[:-1].view(*expected.shape).numpy(), expected)
+    assert packing.size_classes([[17, 33], [32, 64], [33, 64]]).tolist()[:2] == [5 * 64 + 6] * 2
