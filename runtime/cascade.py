@@ -218,15 +218,20 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
                 maps.append((probs, idx, batch_regions))
     if chip_params is None:
         return concat(ctx, parts), None
-    # The maps are read only once every batch of the scale is queued: on CUDA the first host read then
-    # waits once for them all, and the GPU is not left idle while the host cuts each batch's chips
-    # before queuing the next (a read per batch was a wait per batch). Same chips, same order.
+    return concat(ctx, parts), next_scale_chips(ctx, regions, maps, chip_params)
+
+
+def next_scale_chips(ctx: Context, regions: list[Region], maps: list, chip_params) -> list:
+    """Chips of the next scale, a list per image, from the (focus maps, region indices, BatchRegions) of
+    every batch of a scale. Called once all its batches are queued: on CUDA the first host read then
+    waits once for them all, and the GPU is not left idle while the host cuts each batch's chips before
+    queuing the next (a read per batch was a wait per batch). Same chips, same order."""
     next_chips = [[] for _ in ctx.images]
-    with stats.stage("chips"):
+    with ctx.stats.stage("chips"):
         for probs, idx, batch_regions in maps:
             for image, box in focus_chips_batch(ctx, probs, regions, idx, batch_regions, chip_params):
                 next_chips[image].append(box)
-    return concat(ctx, parts), next_chips
+    return next_chips
 
 
 def concat(ctx: Context, parts: list[ScaleDetections]) -> ScaleDetections:

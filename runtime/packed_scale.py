@@ -7,7 +7,7 @@ import torch
 
 from . import ops, packing
 from .batching import BatchRegions
-from .cascade import (Context, Region, ScaleDetections, concat, crop_batch, focus_chips_batch,
+from .cascade import (Context, Region, ScaleDetections, concat, crop_batch, next_scale_chips,
                       paint_detections)
 
 
@@ -82,12 +82,7 @@ def run_scale_packed(ctx: Context, regions: list[Region], scale_index: int, chip
                     maps.append((probs, list(rows), placed))
     if chip_params is None:
         return concat(ctx, parts), None
-    next_chips = [[] for _ in ctx.images]
-    with stats.stage("chips"):
-        for probs, idx, batch_regions in maps:
-            for image, box in focus_chips_batch(ctx, probs, regions, idx, batch_regions, chip_params):
-                next_chips[image].append(box)
-    return concat(ctx, parts), next_chips
+    return concat(ctx, parts), next_scale_chips(ctx, regions, maps, chip_params)
 
 
 def _paste(ctx: Context, regions: list[Region], rows, sizes, where_t, count: int, shape) -> torch.Tensor:
