@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -58,3 +60,16 @@ def shard_records(work: Path) -> list[dict]:
     for shard in sorted(work.glob("*.jsonl")):
         records += [json.loads(line) for line in shard.read_text().splitlines() if line]
     return records
+
+
+def kill_after_shards(command: list, work: Path, shards: int = 2, timeout: float = 240) -> None:
+    """Runs command (a CLI run writing its shards into work) and SIGKILLs it once `shards` shard files
+    exist (or it ended, or timeout passed): an interrupted run, as a crash or a power cut leaves it."""
+    proc = subprocess.Popen(command, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while len(list(work.glob("*.jsonl"))) < shards and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()

@@ -3,8 +3,6 @@ results equal to the engine's image by image, the failures file, shard resume af
 checked before the first image, and the five CLI failures of issue 23 (each fails on the CLI before it)."""
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -12,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from collection_fixtures import cli_command, cli_env, run_cli, shard_records, small_images, write_images
+from collection_fixtures import cli_command, kill_after_shards, run_cli, shard_records, small_images, write_images
 from engine_fixtures import val_images
 from runtime import AutoFocusEngine
 from runtime.__main__ import main
@@ -223,15 +221,7 @@ def test_killed_run_restarted_gives_the_uninterrupted_file(bundle, tmp_path):
     assert whole.returncode == 0, whole.stderr
     assert len({e["image_id"] for e in json.loads((tmp_path / "whole.json").read_text())}) == 20
     out, work = tmp_path / "dets.json", tmp_path / "dets.json.parts"
-    proc = subprocess.Popen(cli_command(*args, "--out", out), env=cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while len(list(work.glob("*.jsonl"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_after_shards(cli_command(*args, "--out", out), work)
     done_before = len(shard_records(work))
     assert 4 <= done_before < 20 and not out.exists(), "the run was not killed halfway"
     again = run_cli(*args, "--out", out)

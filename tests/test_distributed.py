@@ -3,13 +3,11 @@
 uninterrupted file, actors' thread limits. The Ray cases skip where Ray is not installed (the [ray] extra)."""
 import json
 import os
-import signal
-import subprocess
 import time
 
 import pytest
 
-from collection_fixtures import REPO, cli_command, cli_env, shard_records, write_images
+from collection_fixtures import REPO, cli_command, kill_after_shards, shard_records, write_images
 from engine_fixtures import val_images
 from runtime.__main__ import main
 from runtime.distributed import DECODE_CPUS, EngineActor, plan_actors
@@ -104,15 +102,7 @@ def test_ray_driver_killed_and_restarted_gives_the_uninterrupted_file(bundle, lo
     assert main([*map(str, args), "--out", str(reference), "--no-progress"]) == 1  # the corrupt file
     out, work = tmp_path / "dets.json", tmp_path / "dets.json.parts"
     address = local_ray.get_runtime_context().gcs_address
-    driver = subprocess.Popen(cli_command(*args, "--out", out, "--ray", address, "--workers", "2"), env=cli_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while len(list(work.glob("*.jsonl"))) < 2 and driver.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        driver.send_signal(signal.SIGKILL)
-    finally:
-        driver.wait()
+    kill_after_shards(cli_command(*args, "--out", out, "--ray", address, "--workers", "2"), work)
     pids = {_writer_pid(s) for s in work.glob("*.jsonl")}
     _wait_gone(pids)  # Ray ends a dead driver's actors; a straggler would still be writing
     done_before = len(shard_records(work))
