@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from runtime import ops
 from runtime.geometry import padded_length, resized_image_size, scale_factor
 
-from model.labels import FOCUS_IGNORE, focus_labels, focus_positive_spans
-from model.network import FOCUS_FEATURES, focus_input_channels
+from model.labels import FOCUS_IGNORE, focus_labels, focus_positive_spans, transition_bounds
+from model.network import FOCUS_FEATURES, FocusHead, focus_input_channels
 from model.checkpoint import load_model, read_checkpoint, save_checkpoint
 from model.data import load_coco, read_image
 from model.train import load_split
@@ -52,7 +52,6 @@ from model.train import load_split
 DEFAULT_CHECKPOINT = Path("runs/default/final.pt")  # what `python -m model.train` writes
 DEFAULT_OUT = Path("runs/default/final_refit.pt")
 RECALL = 0.95
-FOCUS_PREFIXES = ("focus_conv.", "focus_out.")  # the head's weights: the only ones refit
 
 
 def inference_input(image_bgr: np.ndarray, factor: float, config: dict) -> tuple[torch.Tensor, tuple]:
@@ -66,19 +65,34 @@ def inference_input(image_bgr: np.ndarray, factor: float, config: dict) -> tuple
     return torch.as_tensor(x), size
 
 
-def map_labels(boxes_original: np.ndarray, factor: float, size: tuple, padded_cells: tuple, config: dict) -> np.ndarray:
-    """FocusPixel labels of the resized image, padded with FOCUS_IGNORE to the padded input's cells."""
+def label_bounds(config: dict, scale_index: int, factor: float, transitions: bool) -> tuple:
+    """(a, b, c) of the FocusPixel labels at coarse scale `scale_index` (resized by `factor`): the
+    paper's (config "focus_labels"), or with `transitions` those of that transition's own head
+    (config "focus_labels" "transitions"[k]["b_original"]: model.labels.transition_bounds)."""
+    fl = config["focus_labels"]
+    if not transitions:
+        return fl["a"], fl["b"], fl["c"]
+    return transition_bounds(fl["transitions"][scale_index]["b_original"], factor, fl["a"], fl["b"], fl["c"])
+
+
+def map_labels(boxes_original: np.ndarray, factor: float, size: tuple, padded_cells: tuple, config: dict,
+               bounds: tuple | None = None) -> np.ndarray:
+    """FocusPixel labels of the resized image, padded with FOCUS_IGNORE to the padded input's cells.
+    bounds: (a, b, c) in the resized image's pixels (default: the paper's, config "focus_labels")."""
     fl, stride = config["focus_labels"], config["network"]["focus_stride"]
-    labels = focus_labels(boxes_original * np.float32(factor), size, stride, fl["a"], fl["b"], fl["c"])
+    a, b, c = bounds or (fl["a"], fl["b"], fl["c"])
+    labels = focus_labels(boxes_original * np.float32(factor), size, stride, a, b, c)
     out = np.full(padded_cells, FOCUS_IGNORE, np.int64)
     out[:labels.shape[0], :labels.shape[1]] = labels
     return out
 
 
-def map_objects(boxes_original: np.ndarray, factor: float, size: tuple, config: dict) -> np.ndarray:
+def map_objects(boxes_original: np.ndarray, factor: float, size: tuple, config: dict,
+                bounds: tuple | None = None) -> np.ndarray:
     """The cell spans (P, 4) [y0, y1, x0, x1) of the resized image's FocusPixel-positive objects."""
     fl, stride = config["focus_labels"], config["network"]["focus_stride"]
-    return focus_positive_spans(boxes_original * np.float32(factor), size, stride, fl["a"], fl["b"])
+    a, b, _ = bounds or (fl["a"], fl["b"], fl["c"])
+    return focus_positive_spans(boxes_original * np.float32(factor), size, stride, a, b)
 
 
 def cell_weights(labels: torch.Tensor, objects: torch.Tensor, balance: float) -> torch.Tensor:
@@ -102,10 +116,12 @@ def cell_weights(labels: torch.Tensor, objects: torch.Tensor, balance: float) ->
 
 
 @torch.no_grad()
-def collect(model, coco, config: dict, indices, balance: float = 0.0, progress: bool = True) -> list[dict]:
+def collect(model, coco, config: dict, indices, balance: float = 0.0, progress: bool = True,
+            transitions: bool = False) -> list[dict]:
     """Per coarse scale (every inference scale but the last): the images' stride-16 features (float16),
     labels, loss weights and positive objects ((P, 5) [map, y0, y1, x0, x1)), each map padded to the
-    largest map of that scale (features 0, labels ignored)."""
+    largest map of that scale (features 0, labels ignored). transitions: each scale labelled for its
+    transition's own head (label_bounds) instead of by the paper's rule."""
     scales = config["inference"]["scales"][:-1]
     per_scale = [{"features": [], "labels": [], "objects": []} for _ in scales]
     start = time.time()
@@ -117,9 +133,11 @@ def collect(model, coco, config: dict, indices, balance: float = 0.0, progress: 
             f = scale_factor(image.shape[0], image.shape[1], scale)
             x, size = inference_input(image, f, config)
             feats = model.focus_features(x)[0]
+            bounds = label_bounds(config, s, f, transitions)
             per_scale[s]["features"].append(feats.to(torch.float16))
-            per_scale[s]["labels"].append(torch.from_numpy(map_labels(boxes, f, size, tuple(feats.shape[1:]), config)))
-            spans = map_objects(boxes, f, size, config)
+            per_scale[s]["labels"].append(torch.from_numpy(map_labels(boxes, f, size, tuple(feats.shape[1:]), config,
+                                                                      bounds)))
+            spans = map_objects(boxes, f, size, config, bounds)
             per_scale[s]["objects"].append(np.concatenate([np.full((len(spans), 1), n), spans], 1))
         if progress and (n + 1) % 200 == 0:
             print(f"  features of {n + 1}/{len(indices)} images ({time.time() - start:.0f} s)", file=sys.stderr)
@@ -183,21 +201,23 @@ def set_focus_features(model, config: dict, kind: str) -> None:
     config["network"] = {**config["network"], "focus_features": kind}
 
 
-def _head_state(model) -> dict:
-    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(FOCUS_PREFIXES)}
+def _head_state(modules) -> list:
+    return [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
 
 
 def refit(model, train: list[dict], held: list[dict], epochs: int, minutes: float, lr: float = 1e-3,
-          batch: int = 16, seed: int = 0, progress: bool = True) -> dict:
-    """Adam on the weighted focus cross-entropy of every coarse scale, training model.focus_conv and
-    model.focus_out in place (nothing else gets a gradient); leaves them at the epoch (0 = as given)
-    with the lowest summed held-out coverage at RECALL. Returns the history."""
+          batch: int = 16, seed: int = 0, progress: bool = True, head=None) -> dict:
+    """Adam on the weighted focus cross-entropy of the given scales' data, training the paper's head
+    (model.focus_conv and model.focus_out), or `head` (a module: features -> 2 logits, e.g. one of
+    model.transition_heads), in place (nothing else gets a gradient); leaves it at the epoch (0 = as
+    given) with the lowest summed held-out coverage at RECALL. Returns the history."""
     torch.manual_seed(seed)
-    head = model.focus_logits
+    modules = (model.focus_conv, model.focus_out) if head is None else (head,)
+    head = model.focus_logits if head is None else head
     start_cov = coverage_at_recall(head, held)
-    best = (sum(start_cov), _head_state(model), 0)
+    best = (sum(start_cov), _head_state(modules), 0)
     history = {"epoch0_coverage": start_cov, "epochs": []}
-    params = [p for m in (model.focus_conv, model.focus_out) for p in m.parameters()]
+    params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
     steps = [(s, k) for s, d in enumerate(train) for k in range(0, len(d["labels"]), batch)]
     total = epochs * len(steps)
@@ -227,10 +247,11 @@ def refit(model, train: list[dict], held: list[dict], epochs: int, minutes: floa
             print(f"  epoch {epoch}: loss {loss_sum / len(order):.4f}, held-out coverage at {RECALL:.0%} recall "
                   + " / ".join(f"{c:.3f}" for c in cov), file=sys.stderr)
         if sum(cov) < best[0]:
-            best = (sum(cov), _head_state(model), epoch)
+            best = (sum(cov), _head_state(modules), epoch)
         if time.time() > deadline:
             break
-    model.load_state_dict(best[1], strict=False)
+    for m, state in zip(modules, best[1]):
+        m.load_state_dict(state)
     history["best_epoch"] = best[2]
     history["best_coverage"] = start_cov if best[2] == 0 else next(
         e["coverage"] for e in history["epochs"] if e["epoch"] == best[2])
@@ -261,6 +282,13 @@ def main(argv=None) -> int:
     p.add_argument("--feature", help="--network's submodule whose output is the stride-16 map the head reads")
     p.add_argument("--config", help="--network's JSON config (classes, scales, ...: docs/own_model.md); "
                    "default: classes from the COCO file, the default scales")
+    p.add_argument("--transition-heads", metavar="JSON",
+                   help="a focus head per transition (issue 21), refit each on its own coarse scale with its own "
+                        "labels: a JSON file {\"heads\": [{\"b_original\": 75, \"width\": 32, \"dilations\": "
+                        "[1, 2, 4, 8], \"reduce\": true, \"init\": \"random\" | \"paper\"}, ...]}, one entry "
+                        "per transition (model/configs/transition_heads.json); the paper's head is kept as it is")
+    p.add_argument("--transitions", help="with --transition-heads or a checkpoint that has them: which to refit, "
+                   "e.g. 1 or 1,2 (default all); the others are kept from the checkpoint")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     args = p.parse_args(argv)
@@ -278,6 +306,8 @@ def main(argv=None) -> int:
         set_focus_features(model, config, args.focus_features)
     coco = load_coco(args.annotations, args.train_images) if args.annotations \
         else load_split(config["data"]["train_split"])
+    if args.transition_heads or args.transitions:
+        return _refit_transitions(p, args, argv, model, coco, config)
     t0 = time.time()
     history, n, n_held = _collect_and_refit(p, args, model, coco, config)
     state = read_checkpoint(args.checkpoint)
@@ -289,6 +319,101 @@ def main(argv=None) -> int:
     config = {k: v for k, v in config.items() if k != "classes"}
     save_checkpoint(Path(args.out), model, config, state["classes"], **extra)
     _report(history, args.out)
+    return 0
+
+
+def read_transition_heads(path, transitions: int, network: dict) -> list[dict]:
+    """The --transition-heads file's entries, checked: one per transition, each with b_original > 0 and
+    FocusHead's arguments; ValueError naming the file and the entry otherwise."""
+    import json
+    try:
+        heads = json.loads(Path(path).read_text())["heads"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--transition-heads: {path} is not a JSON file with a \"heads\" list ({e})") from e
+    if not isinstance(heads, list) or len(heads) != transitions:
+        raise ValueError(f"--transition-heads: {path}: expected {transitions} heads (one per transition), "
+                         f"got {len(heads) if isinstance(heads, list) else heads!r}")
+    for k, h in enumerate(heads, 1):
+        if not isinstance(h, dict) or not isinstance(h.get("b_original"), (int, float)) or h["b_original"] <= 0:
+            raise ValueError(f"--transition-heads: {path}: head {k} needs \"b_original\" > 0 (px in the original image)")
+        unknown = set(h) - {"b_original", "width", "dilations", "reduce", "init"}
+        if unknown or h.get("init", "random") not in ("random", "paper"):
+            raise ValueError(f"--transition-heads: {path}: head {k}: unknown keys {sorted(unknown)} or init "
+                             f"{h.get('init')!r} (expected random or paper)")
+        if h.get("init") == "paper" and (h.get("reduce", True) or h.get("dilations", [1]) != [1]
+                                         or h.get("width", 64) != network["focus_width"]):
+            raise ValueError(f"--transition-heads: {path}: head {k}: init paper needs the paper's shape (reduce false, "
+                             f"dilations [1], width {network['focus_width']})")
+    return heads
+
+
+def attach_transition_heads(model, config: dict, heads: list[dict]) -> None:
+    """New per-transition heads on the model (in place), their specs in config["network"] and their label
+    bounds in config["focus_labels"]["transitions"]; init "paper" copies the paper head's weights."""
+    specs = [{k: h[k] for k in ("width", "dilations", "reduce") if k in h} for h in heads]
+    in_channels = model.focus_conv.in_channels
+    model.transition_heads = torch.nn.ModuleList(FocusHead(in_channels, **spec) for spec in specs)
+    for h, m in zip(heads, model.transition_heads):
+        if h.get("init") == "paper":
+            with torch.no_grad():
+                m.layers[0].load_state_dict(model.focus_conv.state_dict())
+                m.layers[-1].load_state_dict(model.focus_out.state_dict())
+    config["network"] = {**config["network"], "transition_heads": [m.spec for m in model.transition_heads]}
+    config["focus_labels"] = {**config["focus_labels"],
+                              "transitions": [{"b_original": float(h["b_original"])} for h in heads]}
+
+
+def _refit_transitions(p, args, argv, model, coco, config) -> int:
+    """--transition-heads / --transitions: head k refit on coarse scale k's features with transition k's
+    labels, picked by its own held-out coverage; the paper's head's coverage on the same labels is
+    recorded beside it (the comparison the head is for)."""
+    n_transitions = len(config["inference"]["scales"]) - 1
+    try:
+        if args.transition_heads:
+            attach_transition_heads(model, config, read_transition_heads(args.transition_heads, n_transitions,
+                                                                         config["network"]))
+        elif not len(model.transition_heads):
+            p.error("--transitions: the checkpoint has no transition heads; give --transition-heads")
+        which = sorted({int(t) for t in args.transitions.split(",")}) if args.transitions \
+            else list(range(1, n_transitions + 1))
+    except ValueError as e:
+        p.error(str(e))
+    if not set(which) <= set(range(1, n_transitions + 1)):
+        p.error(f"--transitions: expected numbers in 1..{n_transitions}, got {args.transitions}")
+    t0 = time.time()
+    n = len(coco.images) if args.images <= 0 else min(args.images, len(coco.images))
+    n_held = max(1, int(round(n * args.holdout)))
+    if n - n_held < 1:
+        p.error(f"--images: {n} images leave none to train on after holding out {n_held}")
+    print(f"features of {n} training images at {n_transitions} coarse scales, transition labels", file=sys.stderr)
+    train = collect(model, coco, config, range(n - n_held), args.balance, not args.quiet, transitions=True)
+    held = collect(model, coco, config, range(n - n_held, n), args.balance, not args.quiet, transitions=True)
+    for d in train:
+        d["perm"] = torch.randperm(len(d["labels"]))
+    records = {}
+    for k in which:
+        head = model.transition_heads[k - 1]
+        paper = coverage_at_recall(model.focus_logits, [held[k - 1]])[0]
+        print(f"transition {k}: head {head.spec}, paper head's held-out coverage {paper:.4f}", file=sys.stderr)
+        history = refit(model, [train[k - 1]], [held[k - 1]], args.epochs, args.minutes, args.lr,
+                        progress=not args.quiet, head=head)
+        records[str(k)] = {"head": head.spec, "b_original": config["focus_labels"]["transitions"][k - 1]["b_original"],
+                           "paper_head_coverage": paper, "before": history["epoch0_coverage"][0],
+                           "after": history["best_coverage"][0], "best_epoch": history["best_epoch"],
+                           "epochs_run": len(history["epochs"])}
+        print(f"transition {k}: held-out coverage at {RECALL:.0%} recall {records[str(k)]['after']:.4f} "
+              f"(paper head {paper:.4f}; epoch {history['best_epoch']})", file=sys.stderr)
+    state = read_checkpoint(args.checkpoint)
+    extra = {k: v for k, v in state.items() if k not in ("version", "model", "config", "classes")}
+    record = {"images": n, "held_out": n_held, "lr": args.lr, "balance": args.balance, "recall": RECALL,
+              "transitions": records, "minutes": (time.time() - t0) / 60.0, "source": str(args.checkpoint),
+              "command": " ".join(["python -m model.focus_refit", *(sys.argv[1:] if argv is None else argv)])}
+    if "transition_refit" in state:
+        record["previous"] = state["transition_refit"]
+    extra["transition_refit"] = record
+    save_checkpoint(Path(args.out), model, {k: v for k, v in config.items() if k != "classes"}, state["classes"],
+                    **extra)
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 

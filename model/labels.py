@@ -95,6 +95,20 @@ def focus_labels(boxes, chip_hw, stride: int = 16, a: float = 5.0, b: float = 64
     return labels
 
 
+def transition_bounds(b_original: float, factor: float, a: float = 5.0, b: float = 64.0,
+                      c: float = 90.0) -> tuple[float, float, float]:
+    """(a, b', c') of focus_labels for a per-transition focus head (issue 21): its positives are the
+    objects under `b_original` px in the ORIGINAL image (what the finer scale it feeds must see), so its
+    upper bound in the coarse scale's pixels is b' = b_original * factor, with the paper's ignore band
+    scaled alike (c' = b' * c / b) and the paper's lower bound `a` (coarse-scale pixels) kept."""
+    if not b_original > 0 or not factor > 0:
+        raise ValueError(f"b_original, factor: expected positive values, got {b_original}, {factor}")
+    if not 0 <= a <= b <= c or b <= 0:
+        raise ValueError(f"a, b, c: expected 0 <= a <= b <= c and b > 0, got {a}, {b}, {c}")
+    upper = float(b_original) * float(factor)
+    return float(a), upper, upper * float(c) / float(b)
+
+
 def focus_positive_spans(boxes, chip_hw, stride: int = 16, a: float = 5.0, b: float = 64.0) -> np.ndarray:
     """The cells of each FocusPixel-positive box (a < sqrt(area) < b) as (P, 4) int64 [y0, y1, x0, x1),
     one row per box that covers a cell: focus_labels' label-1 cells are the union of these spans.

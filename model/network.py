@@ -6,7 +6,9 @@ upsampling and max-pool; no data-dependent shapes. The output contract is docs/c
 
     scores (N, C, H/8, W/8)  in [0, 1], non-peaks of a 3x3 window set to 0
     ltrb   (N, 4, H/8, W/8)  >= 0, distances in input pixels from the cell centre to the box sides
-    focus  (N, 2, H/16, W/16) softmax, channel 1 = FocusPixel probability
+    focus  (N, 2 + T, H/16, W/16) channels 0-1: the paper's head's softmax (channel 1 = FocusPixel
+           probability); channel 1 + k: the FocusPixel probability of transition k's own head
+           (T = len(transition_heads), 0 for the paper's single head)
 
 `forward()` returns these in deploy mode (`model.deploy()` or `forward(x, export=True)`); in training
 mode it returns raw logits (`cls_logits`, `ltrb`, `focus_logits`) for the losses.
@@ -31,6 +33,12 @@ FOCUS_FEATURES = tuple(_FOCUS_INPUT_WIDTHS)
 
 def focus_input_channels(focus_features: str, fpn_width: int) -> int:
     return fpn_width * _FOCUS_INPUT_WIDTHS[focus_features]
+
+
+def transition_focus_channels(network_config: dict) -> list[int]:
+    """Per transition, the channel of the deployed "focus" output that its own head fills (forward():
+    channels 0-1 the paper's softmax, then one per transition head); [] without transition heads."""
+    return [2 + k for k in range(len(network_config.get("transition_heads") or []))]
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -64,10 +72,38 @@ class Backbone(nn.Module):
         return feats[2], feats[3], feats[4]
 
 
+class FocusHead(nn.Module):
+    """A focus head of one transition (issue 21): a 1x1 reduction to `width` channels, then a 3x3 conv
+    per entry of `dilations` (each ReLU), then a 1x1 conv to two logits. dilations (1,) with no reduction
+    is the paper's head; (1, 2, 4, 8) sees 31 x 31 cells, so that the positives for a cluster of small
+    objects can form one region rather than scattered cells (the scale-1 map decides the budget)."""
+
+    def __init__(self, in_channels: int, width: int = 64, dilations=(1,), reduce: bool = True):
+        super().__init__()
+        if not dilations or any(int(d) < 1 for d in dilations):
+            raise ValueError(f"dilations: expected positive ints, got {dilations!r}")
+        self.spec = {"width": int(width), "dilations": [int(d) for d in dilations], "reduce": bool(reduce)}
+        layers, cin = [], in_channels
+        if reduce:
+            layers += [nn.Conv2d(in_channels, width, 1), nn.ReLU(inplace=True)]
+            cin = width
+        for d in dilations:
+            layers += [nn.Conv2d(cin, width, 3, 1, int(d), dilation=int(d)), nn.ReLU(inplace=True)]
+            cin = width
+        layers.append(nn.Conv2d(cin, 2, 1))
+        self.layers = nn.Sequential(*layers)
+        with torch.no_grad():  # most cells are background
+            self.layers[-1].bias.copy_(torch.tensor([1.0, -1.0]))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
 class AutoFocusNet(nn.Module):
     def __init__(self, num_classes: int, widths=(24, 32, 64, 96, 128), blocks=(1, 2, 2, 2, 2),
                  fpn_width: int = 64, head_width: int = 64, head_convs: int = 2, focus_width: int = 64,
-                 ltrb_base: float = 8.0, prior_prob: float = 0.05, focus_features: str = "p4"):
+                 ltrb_base: float = 8.0, prior_prob: float = 0.05, focus_features: str = "p4",
+                 transition_heads=()):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
@@ -92,6 +128,10 @@ class AutoFocusNet(nn.Module):
         self.focus_out = nn.Conv2d(focus_width, 2, 1)
         self.export_mode = False
         self._init_weights(prior_prob)
+        # One head per transition (scale k -> k+1), refit on frozen features (model/focus_refit.py);
+        # the paper's single head above stays (channel 1 of "focus").
+        self.transition_heads = nn.ModuleList(
+            FocusHead(focus_input_channels(focus_features, fpn_width), **spec) for spec in transition_heads)
 
     def _init_weights(self, prior_prob: float):
         for m in self.modules():
@@ -162,7 +202,8 @@ class AutoFocusNet(nn.Module):
         cls_logits = self.cls_out(h)
         # Distances as base * exp(raw): positive, scale-free learning of log-distances.
         ltrb = self.ltrb_base * torch.exp(self.reg_out(h).clamp(-8.0, 8.0))
-        focus_logits = self.focus_logits(self._focus_input(p4, p3))
+        focus_feats = self._focus_input(p4, p3)
+        focus_logits = self.focus_logits(focus_feats)
         if export is None:
             export = self.export_mode
         if not export:
@@ -171,6 +212,8 @@ class AutoFocusNet(nn.Module):
         peaks = F.max_pool2d(scores, 3, stride=1, padding=1)
         scores = scores * (scores >= peaks).to(scores.dtype)
         focus = torch.softmax(focus_logits, dim=1)
+        if len(self.transition_heads):
+            focus = torch.cat([focus] + [torch.softmax(h(focus_feats), dim=1)[:, 1:] for h in self.transition_heads], 1)
         return {"scores": scores, "ltrb": ltrb, "focus": focus}
 
 
@@ -181,7 +224,8 @@ def build_model(config: dict, num_classes: int) -> AutoFocusNet:
                         fpn_width=net["fpn_width"], head_width=net["head_width"],
                         head_convs=net["head_convs"], focus_width=net["focus_width"],
                         ltrb_base=net["ltrb_base"], prior_prob=net["prior_prob"],
-                        focus_features=net.get("focus_features", "p4"))
+                        focus_features=net.get("focus_features", "p4"),
+                        transition_heads=net.get("transition_heads", ()))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,5 +1,7 @@
 """model.focus_refit: the held-out metric against NumPy, and a refit on a tiny split that changes the
 focus head only."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -168,3 +170,36 @@ def test_set_focus_features_starts_from_the_same_head(tmp_path):
         set_focus_features(model, config, "p2")
     with pytest.raises(ValueError, match="fewer channels"):
         set_focus_features(model, config, "p4")
+
+
+def test_transition_refit_adds_one_head_per_transition_and_keeps_the_rest(refit_run, tmp_path):
+    """--transition-heads: the refit checkpoint gains transition_heads.0/1 (their specs and label bounds
+    in its config), every other weight (the paper's head included) is unchanged; --transitions 2 on it
+    then refits head 2 only."""
+    heads = tmp_path / "heads.json"
+    heads.write_text(json.dumps({"heads": [
+        {"b_original": 75, "width": 8, "dilations": [1, 2], "reduce": True},
+        {"b_original": 75, "width": TINY_NET["focus_width"], "dilations": [1], "reduce": False, "init": "paper"}]}))
+    common = ["--annotations", str(refit_run / "train" / "annotations.json"), "--holdout", "0.34",
+              "--epochs", "2", "--lr", "0.01", "--quiet"]
+    assert main(["--checkpoint", str(refit_run / "in.pt"), "--out", str(tmp_path / "t.pt"),
+                 "--transition-heads", str(heads), *common]) == 0
+    before = torch.load(refit_run / "in.pt", weights_only=True)
+    after = torch.load(tmp_path / "t.pt", weights_only=True)
+    new = set(after["model"]) - set(before["model"])
+    assert new and all(k.startswith(("transition_heads.0.", "transition_heads.1.")) for k in new), new
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+    assert after["config"]["focus_labels"]["transitions"] == [{"b_original": 75.0}, {"b_original": 75.0}]
+    assert [h["dilations"] for h in after["config"]["network"]["transition_heads"]] == [[1, 2], [1]]
+    record = after["transition_refit"]["transitions"]
+    assert set(record) == {"1", "2"} and all(0 <= r["after"] <= r["before"] for r in record.values())
+
+    assert main(["--checkpoint", str(tmp_path / "t.pt"), "--out", str(tmp_path / "t2.pt"), "--transitions", "2",
+                 *common]) == 0
+    again = torch.load(tmp_path / "t2.pt", weights_only=True)
+    assert all(torch.equal(after["model"][k], again["model"][k]) for k in after["model"]
+               if not k.startswith("transition_heads.1."))
+    assert set(again["transition_refit"]["transitions"]) == {"2"} and "previous" in again["transition_refit"]
+    model, _ = load_model(tmp_path / "t2.pt")
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96))["focus"].shape == (1, 4, 4, 6)
