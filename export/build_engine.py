@@ -26,7 +26,7 @@ from pathlib import Path
 from export import buckets as bucket_rules
 from export import export_onnx as exporter
 from runtime.backends.tensorrt import tensorrt_unavailable_reason
-from runtime.bundle import CASCADE_KEYS, Bundle, default_input, load_bundle, write_bundle
+from runtime.bundle import CASCADE_KEYS, Bundle, default_input, load_bundle, output_contract, write_bundle
 from runtime.packing import DEFAULT_GUTTER, default_canvases
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +72,11 @@ def cascade_parameters(config: dict, inference: dict | None = None) -> dict:
     net = config.get("network", {})
     if "det_stride" in net and "focus_stride" in net:
         fields["strides"] = {"detection": int(net["det_stride"]), "focus": int(net["focus_stride"])}
+    from model.network import transition_focus_channels
+    channels = transition_focus_channels(net)
+    if channels:  # a focus head per transition (model/network.py), each in a channel of "focus"
+        fields["focus_channels"] = channels
+        fields["output_contract"] = output_contract(max(channels) + 1)
     # Inference parameters are not training parameters: they come from the repository's current
     # model/configs/default.json "inference" section (same names as the bundle), not the checkpoint's;
     # a user network's come from its config (model/user_network.py).

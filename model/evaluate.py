@@ -30,6 +30,7 @@ from .config import load_config
 from .data import load_coco, read_image
 from .synth import ensure_split
 from .checkpoint import load_model
+from .network import transition_focus_channels
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default.pt"
 COCO_SMALL = 32.0  # sqrt(area) below which COCO calls an object small
@@ -53,7 +54,7 @@ class ScaleRunner:
         self.inference = config["inference"]
 
     @torch.no_grad()
-    def __call__(self, image: np.ndarray, scale) -> dict:
+    def __call__(self, image: np.ndarray, scale, focus_channel: int = 1) -> dict:
         h, w = image.shape[:2]
         f = scale_factor(h, w, scale)
         oh, ow = resized_image_size(h, w, f)
@@ -70,7 +71,7 @@ class ScaleRunner:
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
         # The focus map over the real input only (cells beyond it saw padding).
         fh, fw = math.ceil(oh / self.focus_stride), math.ceil(ow / self.focus_stride)
-        focus = np.ascontiguousarray(out["focus"][0, 1, :fh, :fw].numpy())
+        focus = np.ascontiguousarray(out["focus"][0, focus_channel, :fh, :fw].numpy())
         return {"boxes": boxes, "scores": scores, "labels": labels, "focus": focus,
                 "factor": f, "input_hw": (oh, ow)}
 
@@ -184,6 +185,8 @@ def evaluate(checkpoint=DEFAULT_CHECKPOINT, annotations=None, images_dir=None, l
     runner = ScaleRunner(model, config)
     scales, ranges = inference["scales"], inference["valid_ranges"]
     focus_stride = config["network"]["focus_stride"]
+    # Each transition's chips from its own head where the model has them (as the bundle's engine does).
+    channels = transition_focus_channels(config["network"]) or [1] * (len(scales) - 1)
 
     modes = {f"scale{i + 1}": {} for i in range(len(scales))}
     modes["pyramid"] = {}
@@ -193,7 +196,7 @@ def evaluate(checkpoint=DEFAULT_CHECKPOINT, annotations=None, images_dir=None, l
     for info in tqdm(images, desc="evaluate", disable=not progress, file=sys.stderr):
         image = read_image(info["path"])
         gt = coco_set.boxes[info["id"]]
-        per_scale = [runner(image, s) for s in scales]
+        per_scale = [runner(image, s, channels[i] if i < len(channels) else 1) for i, s in enumerate(scales)]
         for i, out in enumerate(per_scale):
             modes[f"scale{i + 1}"][info["id"]] = merge_detections([out], inference)
         valid = [{k: v[in_valid_range(out["boxes"], r)] for k, v in out.items()

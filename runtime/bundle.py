@@ -35,7 +35,8 @@ PRECISIONS = ("fp32", "fp16")
 # and the backends import them).
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("scores", "ltrb", "focus")
-# docs/contract.md, restated as data: names, symbolic shapes and strides of the network's I/O.
+# docs/contract.md, restated as data: names, symbolic shapes and strides of the network's I/O. "focus"
+# has 2 channels (the paper's softmax) plus one per transition head (bundle.json "focus_channels").
 OUTPUT_CONTRACT = {
     "document": "docs/contract.md",
     "input": {"name": INPUT_NAME, "shape": ["N", 3, "H", "W"], "dtype": "float32"},
@@ -104,6 +105,10 @@ class Bundle:
     # packing="canvas" (runtime/packing.py): {"gutter": input px, "shapes": [[[H, W], ...] per scale]};
     # optional (older bundles lack it: the runtime derives the shapes from the scales)
     canvases: dict = field(default_factory=dict)
+    # per transition, the channel of output "focus" that holds its FocusPixel probability: [2, 3] for a
+    # network with a focus head per transition (issue 21; channel 1 is the paper's single head). Optional:
+    # empty (older bundles, user networks) = channel 1 for every transition
+    focus_channels: list = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
     folder: Path | None = field(default=None, compare=False)  # where it was loaded from (not in JSON)
 
@@ -119,7 +124,7 @@ class Bundle:
         return d
 
 
-OPTIONAL_KEYS = ("canvases",)
+OPTIONAL_KEYS = ("canvases", "focus_channels")
 REQUIRED_KEYS = tuple(f.name for f in dataclasses.fields(Bundle) if f.name not in ("folder", *OPTIONAL_KEYS))
 
 
@@ -279,6 +284,18 @@ def _validate_fields(d: dict, meta: Path) -> None:
     for lo_hi in d["valid_ranges"]:
         if not (isinstance(lo_hi, list) and len(lo_hi) == 2):
             _fail(meta, f"'valid_ranges' entries must be [lo, hi], got {lo_hi!r}")
+    contract = d["output_contract"]
+    try:
+        n_focus = contract["outputs"][2]["shape"][1]
+    except (TypeError, KeyError, IndexError):
+        _fail(meta, "'output_contract' must list the outputs scores, ltrb, focus with their shapes")
+    if not isinstance(n_focus, int) or isinstance(n_focus, bool) or n_focus < 2:
+        _fail(meta, f"'output_contract' focus shape must have an int >= 2 channels, got {n_focus!r}")
+    fc = d.get("focus_channels", [])
+    if fc and (not isinstance(fc, list) or len(fc) != n - 1 or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 1 <= c < n_focus for c in fc)):
+        _fail(meta, f"'focus_channels' must hold one channel of 'focus' in [1, {n_focus - 1}] per transition "
+                    f"({n - 1}), got {fc!r}")
     canvases = d.get("canvases", {})
     if canvases:
         gutter, shapes = canvases.get("gutter") if isinstance(canvases, dict) else None, \
@@ -291,6 +308,18 @@ def _validate_fields(d: dict, meta: Path) -> None:
                 for per in shapes):
             _fail(meta, f"'canvases' 'shapes' must hold, per scale ({n}), a list of [height, width] positive "
                         f"multiples of size_divisor {div}, got {shapes!r}")
+
+
+def output_contract(focus_channel_count: int = 2) -> dict:
+    """OUTPUT_CONTRACT with "focus" holding focus_channel_count channels (2 + one per transition head)."""
+    contract = json.loads(json.dumps(OUTPUT_CONTRACT))
+    contract["outputs"][2]["shape"][1] = int(focus_channel_count)
+    return contract
+
+
+def focus_channel_count(bundle: Bundle) -> int:
+    """Channels of the network's "focus" output: the contract's (2 for a bundle of the paper's head)."""
+    return int(bundle.output_contract["outputs"][2]["shape"][1])
 
 
 def valid_range(bundle: Bundle, scale_index: int) -> tuple[float, float]:

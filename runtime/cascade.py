@@ -209,7 +209,7 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
             parts.append(dets)
         if chip_params is not None:
             with stats.stage("chips"):
-                probs = out["focus"][:, 1]
+                probs = out["focus"][:, ctx.params.focus_channels[scale_index]]
                 if chip_params["box_score"] is not None:  # (paint_boxes returns a new array)
                     probs = paint_detections(ctx, probs, dets, det_input, batch_regions, chip_params["box_score"],
                                              ctx.params.valid_ranges[scale_index + 1])

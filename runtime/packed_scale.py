@@ -70,7 +70,7 @@ def run_scale_packed(ctx: Context, regions: list[Region], scale_index: int, chip
                 parts.append(dets)
             if chip_params is not None:
                 with stats.stage("chips"):
-                    focus = out["focus"][:, 1]
+                    focus = out["focus"][:, ctx.params.focus_channels[scale_index]]
                     cell0 = (where_t[:, [2, 1]] / stride).long()  # (y, x) of each chip's first cell
                     hm, wm = (int(v) for v in np.ceil(sizes[rows] / stride).max(0))
                     ys = (cell0[:, :1] + torch.arange(hm, device=device)).clamp(max=focus.shape[1] - 1)

@@ -45,6 +45,10 @@ canvas_gutter):
                     "none" on the CPU (pixels decide there), "canvas" on CUDA
     canvas_gutter   packing="canvas": input pixels of zeros between neighbouring chips on a canvas (None:
                     the bundle's, runtime.packing.DEFAULT_GUTTER when it has none)
+    focus_head      which focus map makes each transition's chips: "transition" (default) the bundle's
+                    head of that transition (bundle.json "focus_channels", issue 21), "paper" the paper's
+                    single head (channel 1 of "focus"; what a bundle without transition heads always uses).
+                    chip_params are tuned for one of them: compare the other with its own thresholds
 Dict-valued parameters merge key by key (soft_nms={"sigma": 0.3} keeps the other keys); chip_params
 entries merge likewise with the bundle's entry of the same transition.
 """
@@ -65,7 +69,8 @@ CHIP_KEYS = ("threshold", "dilation", "min_size")
 CHIP_OPTIONAL_KEYS = ("box_score",)
 NAMES = ("scales", "valid_ranges", "chip_params", "decode", "soft_nms", "max_detections", "scale",
          "padding", "merge_chips", "align_chips", "chips_on_host", "padded_decode", "max_batch", "packing",
-         "canvas_gutter")
+         "canvas_gutter", "focus_head")
+FOCUS_HEADS = ("transition", "paper")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class CascadeParams:
     max_batch: int | None    # None: the bundle's per bucket
     packing: str = "none"
     canvas_gutter: int | None = None  # None: the bundle's
+    focus_channels: tuple = ()        # per transition, the channel of "focus" its chips are cut from
 
 
 def bundle_values(bundle) -> dict:
@@ -93,7 +99,8 @@ def bundle_values(bundle) -> dict:
             "decode": dict(bundle.decode), "soft_nms": {"class_aware": True, **bundle.soft_nms},
             "max_detections": bundle.max_detections, "scale": 1, "padding": "bucket", "merge_chips": True,
             "align_chips": False, "chips_on_host": False, "padded_decode": False, "max_batch": None,
-            "packing": "none", "canvas_gutter": None}
+            "packing": "none", "canvas_gutter": None, "focus_head": "transition",
+            "focus_channels": list(bundle.focus_channels)}
 
 
 def check_names(overrides: dict, where: str) -> None:
@@ -137,10 +144,22 @@ def resolve(base: dict, *layers: dict) -> CascadeParams:
                          max_batch=None if values["max_batch"] is None else _int(values["max_batch"], "max_batch", 1),
                          packing=_choice(values.get("packing", "none"), "packing", PACKINGS),
                          canvas_gutter=(None if values.get("canvas_gutter") is None
-                                        else _int(values["canvas_gutter"], "canvas_gutter", 0)))
+                                        else _int(values["canvas_gutter"], "canvas_gutter", 0)),
+                         focus_channels=_focus_channels(values, len(scales) - 1))
 
 
 # ------------------------------------------------------------------------------------------ checks
+
+def _focus_channels(values: dict, transitions: int) -> tuple:
+    head = _choice(values.get("focus_head", "transition"), "focus_head", FOCUS_HEADS)
+    channels = list(values.get("focus_channels") or [])
+    if head == "paper" or not channels:
+        return (1,) * transitions
+    if len(channels) != transitions:  # scales overridden to another count: the bundle's heads do not fit
+        raise ValueError(f"focus_head: the bundle has focus heads for {len(channels)} transitions, the scales "
+                         f"give {transitions}; use focus_head=\"paper\" with other scales")
+    return tuple(int(c) for c in channels)
+
 
 def _mapping(value, name: str) -> dict:
     if not isinstance(value, dict):

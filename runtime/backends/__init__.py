@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..bundle import INPUT_NAME, OUTPUT_NAMES  # noqa: F401 (docs/contract.md's names, for the backends)
+from ..bundle import INPUT_NAME, OUTPUT_NAMES, focus_channel_count  # noqa: F401 (docs/contract.md's names, for the backends)
 
 NAMES = ("tensorrt", "onnxruntime", "torch")
 DEVICES = ("cpu", "cuda")
@@ -107,4 +107,4 @@ def output_shapes(bundle, batch_shape) -> dict:
     n, _, h, w = batch_shape
     det, focus = bundle.strides["detection"], bundle.strides["focus"]
     return {"scores": (n, len(bundle.classes), h // det, w // det), "ltrb": (n, 4, h // det, w // det),
-            "focus": (n, 2, h // focus, w // focus)}
+            "focus": (n, focus_channel_count(bundle), h // focus, w // focus)}
