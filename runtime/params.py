@@ -47,7 +47,8 @@ canvas_gutter):
                     the bundle's, runtime.packing.DEFAULT_GUTTER when it has none)
     focus_head      which focus map makes each transition's chips: "transition" (default) the bundle's
                     head of that transition (bundle.json "focus_channels", issue 21), "paper" the paper's
-                    single head (channel 1 of "focus"; what a bundle without transition heads always uses).
+                    single head (channel 1 of "focus"; what a bundle without transition heads always uses),
+                    or a list with one of them per transition (["paper", "transition"]: ablations).
                     chip_params are tuned for one of them: compare the other with its own thresholds
 Dict-valued parameters merge key by key (soft_nms={"sigma": 0.3} keeps the other keys); chip_params
 entries merge likewise with the bundle's entry of the same transition.
@@ -151,14 +152,19 @@ def resolve(base: dict, *layers: dict) -> CascadeParams:
 # ------------------------------------------------------------------------------------------ checks
 
 def _focus_channels(values: dict, transitions: int) -> tuple:
-    head = _choice(values.get("focus_head", "transition"), "focus_head", FOCUS_HEADS)
+    head = values.get("focus_head", "transition")
+    heads = list(head) if isinstance(head, (list, tuple)) else [head] * transitions
+    if len(heads) != transitions:
+        raise ValueError(f"focus_head: expected one of {list(FOCUS_HEADS)} or a list of them, one per transition "
+                         f"({transitions}), got {head!r}")
+    heads = [_choice(h, "focus_head", FOCUS_HEADS) for h in heads]
     channels = list(values.get("focus_channels") or [])
-    if head == "paper" or not channels:
+    if not channels or all(h == "paper" for h in heads):
         return (1,) * transitions
     if len(channels) != transitions:  # scales overridden to another count: the bundle's heads do not fit
         raise ValueError(f"focus_head: the bundle has focus heads for {len(channels)} transitions, the scales "
                          f"give {transitions}; use focus_head=\"paper\" with other scales")
-    return tuple(int(c) for c in channels)
+    return tuple(1 if h == "paper" else int(c) for h, c in zip(heads, channels))
 
 
 def _mapping(value, name: str) -> dict:

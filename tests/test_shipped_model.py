@@ -10,6 +10,9 @@ SLICE = 24  # images of the val split: ~15 s on 2 CPU cores
 # val split (README); a broken pipeline lands far below.
 PYRAMID_AP_FLOOR = 55.0
 PYRAMID_AP50_FLOOR = 80.0
+# AutoFocus through the engine on the same slice: measured XX (README); a broken focus head, channel or
+# chip parameter lands far below.
+AUTOFOCUS_AP_FLOOR = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +43,34 @@ def test_focus_chips_hold_most_small_objects(report):
     for name, quality in report["focus"].items():
         assert quality["recall"] is not None and quality["recall"] > 0.8, (name, quality)
         assert 0 < quality["coverage"] <= 1, (name, quality)
+
+
+@pytest.fixture(scope="module")
+def shipped_engine(tmp_path_factory):
+    """The shipped checkpoint exported as the README's `make run` does (its focus heads, the repository's
+    inference parameters), run by onnxruntime."""
+    from export.build_engine import build_bundle
+    from runtime import AutoFocusEngine
+    bundle = build_bundle(checkpoint=DEFAULT_CHECKPOINT, out=tmp_path_factory.mktemp("shipped") / "bundle",
+                          parity_shapes=((1, 3, 64, 96),), log=lambda *a: None)
+    return AutoFocusEngine(bundle, backend="onnxruntime")
+
+
+def test_autofocus_ap_above_floor(shipped_engine):
+    """AutoFocus (the cascade with the bundle's defaults) on the val slice, scored by pycocotools: above a
+    floor set below what it measured (AUTOFOCUS_AP_FLOOR), at well under half of sniper's pixels."""
+    from model.data import read_image
+    from model.evaluate import coco_metrics
+    from model.train import load_split
+    coco = load_split("val")
+    dets, pixels = {}, {"autofocus": 0, "sniper": 0}
+    for info in coco.images[:SLICE]:
+        image = read_image(info["path"])
+        for mode in ("autofocus", "sniper"):
+            d = shipped_engine(image, mode=mode)
+            pixels[mode] += sum(s["pixels"] for s in shipped_engine.last_stats["scales"])
+            if mode == "autofocus":
+                dets[info["id"]] = (d.boxes, d.scores, d.labels)
+    ap = coco_metrics(coco, dets)["AP"]
+    assert ap >= AUTOFOCUS_AP_FLOOR, ap
+    assert pixels["autofocus"] < 0.45 * pixels["sniper"], pixels

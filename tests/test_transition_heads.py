@@ -151,6 +151,11 @@ def test_engine_cuts_each_transitions_chips_from_its_own_head(heads_bundle, pack
         assert det.chips[1].tolist() == [[0, 0, w, h]]
         engine(image, focus_head="paper", chip_params=[{"threshold": 1.1}, {"threshold": 0.0}])
         assert [s["chips"] for s in engine.last_stats["scales"]] == [1, 0, 0]
+        # One head per transition chosen: transition 1's own (everywhere), the paper's at transition 2
+        # with threshold 0 (everywhere): scale 3 runs the whole image too.
+        engine(image, focus_head=["transition", "paper"], chip_params=[{}, {"threshold": 0.0}])
+        assert [s["chips"] for s in engine.last_stats["scales"]] == [1, 1, 1]
+        assert engine.params.focus_channels == (2, 3)  # a call's overrides do not stay
 
 
 def test_bundle_without_transition_heads_reads_channel_1(bundle):
@@ -175,8 +180,9 @@ def test_bad_focus_channels_and_focus_head(heads_bundle, tmp_path):
         meta.write_text(json.dumps({**data, "focus_channels": bad}))
         with pytest.raises(BundleError, match="focus_channels"):
             load_bundle(folder)
-    with pytest.raises(ValueError, match="focus_head"):
-        AutoFocusEngine(heads_bundle, backend="onnxruntime", focus_head="both")
+    for bad in ("both", ["paper"], ["paper", "mine"]):
+        with pytest.raises(ValueError, match="focus_head"):
+            AutoFocusEngine(heads_bundle, backend="onnxruntime", focus_head=bad)
     with pytest.raises(ValueError, match="focus_head"):  # two scales: one transition, the bundle has two heads
         AutoFocusEngine(heads_bundle, backend="onnxruntime", scales=TEST_SCALES[:2],
                         valid_ranges=TEST_VALID_RANGES[:2], chip_params=TEST_CHIP_PARAMS[:1])
