@@ -52,6 +52,7 @@ from model.train import load_split
 DEFAULT_CHECKPOINT = Path("runs/default/final.pt")  # what `python -m model.train` writes
 DEFAULT_OUT = Path("runs/default/final_refit.pt")
 RECALL = 0.95
+HEAD_ARGUMENTS = ("width", "dilations", "reduce")  # of model.network.FocusHead, in a --transition-heads entry
 
 
 def inference_input(image_bgr: np.ndarray, factor: float, config: dict) -> tuple[torch.Tensor, tuple]:
@@ -70,7 +71,7 @@ def label_bounds(config: dict, scale_index: int, factor: float, transitions: boo
     paper's (config "focus_labels"), or with `transitions` those of that transition's own head
     (config "focus_labels" "transitions"[k]["b_original"]: model.labels.transition_bounds)."""
     fl = config["focus_labels"]
-    if not transitions:
+    if not transitions or fl["transitions"][scale_index] is None:
         return fl["a"], fl["b"], fl["c"]
     return transition_bounds(fl["transitions"][scale_index]["b_original"], factor, fl["a"], fl["b"], fl["c"])
 
@@ -334,9 +335,11 @@ def read_transition_heads(path, transitions: int, network: dict) -> list[dict]:
         raise ValueError(f"--transition-heads: {path}: expected {transitions} heads (one per transition), "
                          f"got {len(heads) if isinstance(heads, list) else heads!r}")
     for k, h in enumerate(heads, 1):
+        if h is None:  # no head of its own: the transition reads the paper's
+            continue
         if not isinstance(h, dict) or not isinstance(h.get("b_original"), (int, float)) or h["b_original"] <= 0:
             raise ValueError(f"--transition-heads: {path}: head {k} needs \"b_original\" > 0 (px in the original image)")
-        unknown = set(h) - {"b_original", "width", "dilations", "reduce", "init"}
+        unknown = set(h) - {"b_original", "init", *HEAD_ARGUMENTS}
         if unknown or h.get("init", "random") not in ("random", "paper"):
             raise ValueError(f"--transition-heads: {path}: head {k}: unknown keys {sorted(unknown)} or init "
                              f"{h.get('init')!r} (expected random or paper)")
@@ -350,17 +353,19 @@ def read_transition_heads(path, transitions: int, network: dict) -> list[dict]:
 def attach_transition_heads(model, config: dict, heads: list[dict]) -> None:
     """New per-transition heads on the model (in place), their specs in config["network"] and their label
     bounds in config["focus_labels"]["transitions"]; init "paper" copies the paper head's weights."""
-    specs = [{k: h[k] for k in ("width", "dilations", "reduce") if k in h} for h in heads]
     in_channels = model.focus_conv.in_channels
-    model.transition_heads = torch.nn.ModuleList(FocusHead(in_channels, **spec) for spec in specs)
-    for h, m in zip(heads, model.transition_heads):
-        if h.get("init") == "paper":
+    built = [None if h is None else FocusHead(in_channels, **{k: v for k, v in h.items() if k in HEAD_ARGUMENTS})
+             for h in heads]
+    model.transition_specs = [None if m is None else m.spec for m in built]
+    model.transition_heads = torch.nn.ModuleList(m for m in built if m is not None)
+    for h, m in zip(heads, built):
+        if h is not None and h.get("init") == "paper":
             with torch.no_grad():
                 m.layers[0].load_state_dict(model.focus_conv.state_dict())
                 m.layers[-1].load_state_dict(model.focus_out.state_dict())
-    config["network"] = {**config["network"], "transition_heads": [m.spec for m in model.transition_heads]}
-    config["focus_labels"] = {**config["focus_labels"],
-                              "transitions": [{"b_original": float(h["b_original"])} for h in heads]}
+    config["network"] = {**config["network"], "transition_heads": model.transition_specs}
+    config["focus_labels"] = {**config["focus_labels"], "transitions": [
+        None if h is None else {"b_original": float(h["b_original"])} for h in heads]}
 
 
 def _refit_transitions(p, args, argv, model, coco, config) -> int:
@@ -392,7 +397,10 @@ def _refit_transitions(p, args, argv, model, coco, config) -> int:
         d["perm"] = torch.randperm(len(d["labels"]))
     records = {}
     for k in which:
-        head = model.transition_heads[k - 1]
+        head = model.transition_head(k - 1)
+        if head is None:
+            print(f"transition {k}: no head of its own (the paper's serves it), not refit", file=sys.stderr)
+            continue
         paper = coverage_at_recall(model.focus_logits, [held[k - 1]])[0]
         print(f"transition {k}: head {head.spec}, paper head's held-out coverage {paper:.4f}", file=sys.stderr)
         history = refit(model, [train[k - 1]], [held[k - 1]], args.epochs, args.minutes, args.lr,

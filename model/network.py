@@ -36,9 +36,15 @@ def focus_input_channels(focus_features: str, fpn_width: int) -> int:
 
 
 def transition_focus_channels(network_config: dict) -> list[int]:
-    """Per transition, the channel of the deployed "focus" output that its own head fills (forward():
-    channels 0-1 the paper's softmax, then one per transition head); [] without transition heads."""
-    return [2 + k for k in range(len(network_config.get("transition_heads") or []))]
+    """Per transition, the channel of the deployed "focus" output that serves it (forward(): channels
+    0-1 the paper's softmax, then one per transition head, in order; a transition whose entry in
+    "transition_heads" is null has no head of its own and reads the paper's, channel 1); [] without
+    transition heads."""
+    channels, nxt = [], 2
+    for spec in network_config.get("transition_heads") or []:
+        channels.append(1 if spec is None else nxt)
+        nxt += spec is not None
+    return channels
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -128,10 +134,18 @@ class AutoFocusNet(nn.Module):
         self.focus_out = nn.Conv2d(focus_width, 2, 1)
         self.export_mode = False
         self._init_weights(prior_prob)
-        # One head per transition (scale k -> k+1), refit on frozen features (model/focus_refit.py);
-        # the paper's single head above stays (channel 1 of "focus").
+        # One head per transition (scale k -> k+1; None: that transition reads the paper's head), refit on
+        # frozen features (model/focus_refit.py); the paper's single head above stays (channel 1 of "focus").
+        self.transition_specs = list(transition_heads)
         self.transition_heads = nn.ModuleList(
-            FocusHead(focus_input_channels(focus_features, fpn_width), **spec) for spec in transition_heads)
+            FocusHead(focus_input_channels(focus_features, fpn_width), **spec)
+            for spec in transition_heads if spec is not None)
+
+    def transition_head(self, k: int):
+        """Transition k's own head (k from 0), or None where it reads the paper's."""
+        if self.transition_specs[k] is None:
+            return None
+        return self.transition_heads[sum(s is not None for s in self.transition_specs[:k])]
 
     def _init_weights(self, prior_prob: float):
         for m in self.modules():

@@ -13,7 +13,7 @@ from model.checkpoint import save_checkpoint
 from model.config import load_config
 from model.focus_refit import attach_transition_heads, label_bounds, map_labels, read_transition_heads
 from model.labels import transition_bounds
-from model.network import build_model
+from model.network import build_model, transition_focus_channels
 from runtime import AutoFocusEngine
 from runtime.bundle import BundleError, load_bundle, write_bundle
 
@@ -65,6 +65,8 @@ def test_transition_heads_file_is_checked(tmp_path):
     f = tmp_path / "heads.json"
     f.write_text(json.dumps({"heads": HEADS}))
     assert read_transition_heads(f, 2, network) == HEADS
+    f.write_text(json.dumps({"heads": [HEADS[0], None]}))  # transition 2 keeps the paper's head
+    assert read_transition_heads(f, 2, network) == [HEADS[0], None]
     for heads, match in (([HEADS[0]], "expected 2 heads"), ([{**HEADS[0], "b_original": 0}, HEADS[1]], "b_original"),
                          ([{**HEADS[0], "init": "paper"}, HEADS[1]], "init paper needs"),
                          ([{**HEADS[0], "colour": 1}, HEADS[1]], "unknown keys")):
@@ -74,6 +76,26 @@ def test_transition_heads_file_is_checked(tmp_path):
     f.write_text("not json")
     with pytest.raises(ValueError, match="not a JSON file"):
         read_transition_heads(f, 2, network)
+
+
+def test_a_transition_without_its_own_head_reads_the_papers():
+    """A null entry: that transition has no head (channel 1); the others take the channels after 0-1 in order."""
+    spec = {"width": 8, "dilations": [1], "reduce": True}
+    assert transition_focus_channels({"transition_heads": [spec, None]}) == [2, 1]
+    assert transition_focus_channels({"transition_heads": [None, spec]}) == [1, 2]
+    assert transition_focus_channels({"transition_heads": [spec, spec]}) == [2, 3]
+    assert transition_focus_channels({}) == []
+    config = load_config()
+    model = build_model(config, 5)
+    attach_transition_heads(model, config, [None, {**HEADS[0]}])
+    assert model.transition_head(0) is None and model.transition_head(1) is model.transition_heads[0]
+    assert config["network"]["transition_heads"][0] is None
+    assert label_bounds(config, 0, 0.8, transitions=True) == (5.0, 64.0, 90.0)  # the paper's labels there
+    with torch.no_grad():
+        focus = model.deploy()(torch.zeros(1, 3, 64, 96))["focus"]
+    assert focus.shape == (1, 3, 4, 6)
+    rebuilt = build_model(config, 5)  # the config alone rebuilds it (a checkpoint's load)
+    rebuilt.load_state_dict(model.state_dict())
 
 
 # ------------------------------------------------------------------------------------------ export
