@@ -379,10 +379,13 @@ def _refit_transitions(p, args, argv, model, coco, config) -> int:
                                                                          config["network"]))
         elif not len(model.transition_heads):
             p.error("--transitions: the checkpoint has no transition heads; give --transition-heads")
-        which = sorted({int(t) for t in args.transitions.split(",")}) if args.transitions \
-            else list(range(1, n_transitions + 1))
     except ValueError as e:
         p.error(str(e))
+    try:
+        which = sorted({int(t) for t in args.transitions.split(",")}) if args.transitions \
+            else list(range(1, n_transitions + 1))
+    except ValueError:
+        which = [0]  # named below
     if not set(which) <= set(range(1, n_transitions + 1)):
         p.error(f"--transitions: expected numbers in 1..{n_transitions}, got {args.transitions}")
     t0 = time.time()

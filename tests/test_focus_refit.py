@@ -203,3 +203,21 @@ def test_transition_refit_adds_one_head_per_transition_and_keeps_the_rest(refit_
     model, _ = load_model(tmp_path / "t2.pt")
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 96))["focus"].shape == (1, 4, 4, 6)
+
+
+def test_transitions_without_heads_and_bad_numbers_are_named(refit_run, tmp_path, capsys):
+    common = ["--annotations", str(refit_run / "train" / "annotations.json"), "--quiet"]
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(refit_run / "in.pt"), "--out", str(tmp_path / "x.pt"), "--transitions", "1", *common])
+    assert "no transition heads" in capsys.readouterr().err
+    heads = tmp_path / "heads.json"
+    heads.write_text(json.dumps({"heads": [None, None]}))
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(refit_run / "in.pt"), "--out", str(tmp_path / "x.pt"), "--transition-heads",
+              str(heads), "--transitions", "3", *common])
+    assert "expected numbers in 1..2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(refit_run / "in.pt"), "--out", str(tmp_path / "x.pt"), "--transition-heads",
+              str(heads), "--transitions", "one", *common])
+    assert "--transitions: expected numbers in 1..2, got one" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
