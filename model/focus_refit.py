@@ -311,16 +311,22 @@ def main(argv=None) -> int:
         return _refit_transitions(p, args, argv, model, coco, config)
     t0 = time.time()
     history, n, n_held = _collect_and_refit(p, args, model, coco, config)
-    state = read_checkpoint(args.checkpoint)
-    extra = {k: v for k, v in state.items() if k not in ("version", "model", "config", "classes")}
-    extra["focus_refit"] = _record(args, argv, history, n, n_held, t0, source=str(args.checkpoint),
-                                   focus_features=model.focus_features_kind)
-    if "focus_refit" in state:  # a refit of a refit keeps the earlier record
-        extra["focus_refit"]["previous"] = state["focus_refit"]
-    config = {k: v for k, v in config.items() if k != "classes"}
-    save_checkpoint(Path(args.out), model, config, state["classes"], **extra)
+    _save_with_record(args, model, config, "focus_refit", _record(
+        args, argv, history, n, n_held, t0, source=str(args.checkpoint), focus_features=model.focus_features_kind))
     _report(history, args.out)
     return 0
+
+
+def _save_with_record(args, model, config: dict, key: str, record: dict) -> None:
+    """--out: the --checkpoint's entries with the refit model and config, and `record` under `key` (a refit
+    of a refit keeps the earlier record as its "previous")."""
+    state = read_checkpoint(args.checkpoint)
+    extra = {k: v for k, v in state.items() if k not in ("version", "model", "config", "classes")}
+    if key in state:
+        record["previous"] = state[key]
+    extra[key] = record
+    save_checkpoint(Path(args.out), model, {k: v for k, v in config.items() if k != "classes"}, state["classes"],
+                    **extra)
 
 
 def read_transition_heads(path, transitions: int, network: dict) -> list[dict]:
@@ -389,15 +395,7 @@ def _refit_transitions(p, args, argv, model, coco, config) -> int:
     if not set(which) <= set(range(1, n_transitions + 1)):
         p.error(f"--transitions: expected numbers in 1..{n_transitions}, got {args.transitions}")
     t0 = time.time()
-    n = len(coco.images) if args.images <= 0 else min(args.images, len(coco.images))
-    n_held = max(1, int(round(n * args.holdout)))
-    if n - n_held < 1:
-        p.error(f"--images: {n} images leave none to train on after holding out {n_held}")
-    print(f"features of {n} training images at {n_transitions} coarse scales, transition labels", file=sys.stderr)
-    train = collect(model, coco, config, range(n - n_held), args.balance, not args.quiet, transitions=True)
-    held = collect(model, coco, config, range(n - n_held, n), args.balance, not args.quiet, transitions=True)
-    for d in train:
-        d["perm"] = torch.randperm(len(d["labels"]))
+    train, held, n, n_held = _collect_split(p, args, model, coco, config, transitions=True)
     records = {}
     for k in which:
         head = model.transition_head(k - 1)
@@ -414,35 +412,35 @@ def _refit_transitions(p, args, argv, model, coco, config) -> int:
                            "epochs_run": len(history["epochs"])}
         print(f"transition {k}: held-out coverage at {RECALL:.0%} recall {records[str(k)]['after']:.4f} "
               f"(paper head {paper:.4f}; epoch {history['best_epoch']})", file=sys.stderr)
-    state = read_checkpoint(args.checkpoint)
-    extra = {k: v for k, v in state.items() if k not in ("version", "model", "config", "classes")}
-    record = {"images": n, "held_out": n_held, "lr": args.lr, "balance": args.balance, "recall": RECALL,
-              "transitions": records, "minutes": (time.time() - t0) / 60.0, "source": str(args.checkpoint),
-              "command": " ".join(["python -m model.focus_refit", *(sys.argv[1:] if argv is None else argv)])}
-    if "transition_refit" in state:
-        record["previous"] = state["transition_refit"]
-    extra["transition_refit"] = record
-    save_checkpoint(Path(args.out), model, {k: v for k, v in config.items() if k != "classes"}, state["classes"],
-                    **extra)
+    _save_with_record(args, model, config, "transition_refit", {
+        "images": n, "held_out": n_held, "lr": args.lr, "balance": args.balance, "recall": RECALL,
+        "transitions": records, "minutes": (time.time() - t0) / 60.0, "source": str(args.checkpoint),
+        "command": " ".join(["python -m model.focus_refit", *(sys.argv[1:] if argv is None else argv)])})
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
-def _collect_and_refit(p, args, model, coco, config):
-    """Features and labels of the first --images images (the last --holdout of them held out), then the
-    refit; returns (history, images, held out)."""
+def _collect_split(p, args, model, coco, config, transitions: bool = False):
+    """Features and labels (collect) of the first --images images, the last --holdout of them held out;
+    returns (train, held, images, held out)."""
     n = len(coco.images) if args.images <= 0 else min(args.images, len(coco.images))
     n_held = max(1, int(round(n * args.holdout)))
     if n - n_held < 1:
         p.error(f"--images: {n} images leave none to train on after holding out {n_held}")
     t0 = time.time()
-    print(f"features of {n} training images at {len(config['inference']['scales']) - 1} coarse scales",
-          file=sys.stderr)
-    train = collect(model, coco, config, range(n - n_held), args.balance, progress=not args.quiet)
-    held = collect(model, coco, config, range(n - n_held, n), args.balance, progress=not args.quiet)
+    print(f"features of {n} training images at {len(config['inference']['scales']) - 1} coarse scales"
+          + (", transition labels" if transitions else ""), file=sys.stderr)
+    train = collect(model, coco, config, range(n - n_held), args.balance, not args.quiet, transitions)
+    held = collect(model, coco, config, range(n - n_held, n), args.balance, not args.quiet, transitions)
     for d in train:
         d["perm"] = torch.randperm(len(d["labels"]))
     print(f"  {time.time() - t0:.0f} s", file=sys.stderr)
+    return train, held, n, n_held
+
+
+def _collect_and_refit(p, args, model, coco, config):
+    """_collect_split, then the refit of the paper's head; returns (history, images, held out)."""
+    train, held, n, n_held = _collect_split(p, args, model, coco, config)
     return refit(model, train, held, args.epochs, args.minutes, args.lr, progress=not args.quiet), n, n_held
 
 

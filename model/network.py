@@ -7,8 +7,8 @@ upsampling and max-pool; no data-dependent shapes. The output contract is docs/c
     scores (N, C, H/8, W/8)  in [0, 1], non-peaks of a 3x3 window set to 0
     ltrb   (N, 4, H/8, W/8)  >= 0, distances in input pixels from the cell centre to the box sides
     focus  (N, 2 + T, H/16, W/16) channels 0-1: the paper's head's softmax (channel 1 = FocusPixel
-           probability); channel 1 + k: the FocusPixel probability of transition k's own head
-           (T = len(transition_heads), 0 for the paper's single head)
+           probability); then the FocusPixel probability of each of the T transition heads, in order
+           (transition_focus_channels says which channel serves which transition; T = 0: the paper's only)
 
 `forward()` returns these in deploy mode (`model.deploy()` or `forward(x, export=True)`); in training
 mode it returns raw logits (`cls_logits`, `ltrb`, `focus_logits`) for the losses.

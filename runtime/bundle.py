@@ -35,6 +35,7 @@ PRECISIONS = ("fp32", "fp16")
 # and the backends import them).
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("scores", "ltrb", "focus")
+FOCUS_OUTPUT = OUTPUT_NAMES.index("focus")  # its entry in OUTPUT_CONTRACT["outputs"]
 # docs/contract.md, restated as data: names, symbolic shapes and strides of the network's I/O. "focus"
 # has 2 channels (the paper's softmax) plus one per transition head (bundle.json "focus_channels").
 OUTPUT_CONTRACT = {
@@ -106,8 +107,8 @@ class Bundle:
     # optional (older bundles lack it: the runtime derives the shapes from the scales)
     canvases: dict = field(default_factory=dict)
     # per transition, the channel of output "focus" that holds its FocusPixel probability: [2, 3] for a
-    # network with a focus head per transition (issue 21; channel 1 is the paper's single head). Optional:
-    # empty (older bundles, user networks) = channel 1 for every transition
+    # network with a focus head per transition (issue 21; channel 1 is the paper's single head, [2, 1] where
+    # transition 2 keeps it). Optional: empty (older bundles, user networks) = channel 1 for every transition
     focus_channels: list = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
     folder: Path | None = field(default=None, compare=False)  # where it was loaded from (not in JSON)
@@ -286,7 +287,7 @@ def _validate_fields(d: dict, meta: Path) -> None:
             _fail(meta, f"'valid_ranges' entries must be [lo, hi], got {lo_hi!r}")
     contract = d["output_contract"]
     try:
-        n_focus = contract["outputs"][2]["shape"][1]
+        n_focus = contract["outputs"][FOCUS_OUTPUT]["shape"][1]
     except (TypeError, KeyError, IndexError):
         _fail(meta, "'output_contract' must list the outputs scores, ltrb, focus with their shapes")
     if not isinstance(n_focus, int) or isinstance(n_focus, bool) or n_focus < 2:
@@ -313,13 +314,13 @@ def _validate_fields(d: dict, meta: Path) -> None:
 def output_contract(focus_channel_count: int = 2) -> dict:
     """OUTPUT_CONTRACT with "focus" holding focus_channel_count channels (2 + one per transition head)."""
     contract = json.loads(json.dumps(OUTPUT_CONTRACT))
-    contract["outputs"][2]["shape"][1] = int(focus_channel_count)
+    contract["outputs"][FOCUS_OUTPUT]["shape"][1] = int(focus_channel_count)
     return contract
 
 
 def focus_channel_count(bundle: Bundle) -> int:
     """Channels of the network's "focus" output: the contract's (2 for a bundle of the paper's head)."""
-    return int(bundle.output_contract["outputs"][2]["shape"][1])
+    return int(bundle.output_contract["outputs"][FOCUS_OUTPUT]["shape"][1])
 
 
 def valid_range(bundle: Bundle, scale_index: int) -> tuple[float, float]:

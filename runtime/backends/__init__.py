@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..bundle import INPUT_NAME, OUTPUT_NAMES, focus_channel_count  # noqa: F401 (docs/contract.md's names, for the backends)
+from ..bundle import INPUT_NAME, OUTPUT_NAMES  # noqa: F401 (docs/contract.md's names, for the backends)
+from ..bundle import focus_channel_count
 
 NAMES = ("tensorrt", "onnxruntime", "torch")
 DEVICES = ("cpu", "cuda")
