@@ -52,7 +52,9 @@ from model.train import load_split
 DEFAULT_CHECKPOINT = Path("runs/default/final.pt")  # what `python -m model.train` writes
 DEFAULT_OUT = Path("runs/default/final_refit.pt")
 RECALL = 0.95
+LOSSES = ("cells", "objects")  # refit's loss: every labelled cell (object-balanced), or each object's best cell
 HEAD_ARGUMENTS = ("width", "dilations", "reduce")  # of model.network.FocusHead, in a --transition-heads entry
+FOCUS_WEIGHTS = ("focus_conv.", "focus_out.", "transition_heads.")  # state-dict prefixes of the focus heads
 
 
 def inference_input(image_bgr: np.ndarray, factor: float, config: dict) -> tuple[torch.Tensor, tuple]:
@@ -181,6 +183,44 @@ def coverage_at_recall(head, data: list[dict], recall: float = RECALL, batch: in
     return out
 
 
+def object_cells(objects: torch.Tensor) -> dict:
+    """The cells of every positive object ((P, 5) [map, y0, y1, x0, x1)), flattened for object_loss:
+    {"map", "y", "x", "object"} (one entry per cell, int64)."""
+    maps, ys, xs, ids = [], [], [], []
+    for j, (i, y0, y1, x0, x1) in enumerate(objects.tolist()):
+        yy, xx = torch.meshgrid(torch.arange(y0, y1), torch.arange(x0, x1), indexing="ij")
+        n = yy.numel()
+        maps.append(torch.full((n,), i))
+        ys.append(yy.reshape(-1))
+        xs.append(xx.reshape(-1))
+        ids.append(torch.full((n,), j))
+    cat = (lambda v: torch.cat(v).long()) if maps else (lambda v: torch.zeros(0, dtype=torch.long))  # noqa: E731
+    return {"map": cat(maps), "y": cat(ys), "x": cat(xs), "object": cat(ids)}
+
+
+def object_loss(logits: torch.Tensor, labels: torch.Tensor, cells: dict, perm: torch.Tensor) -> torch.Tensor:
+    """The loss of what Algorithm 1 needs (--loss objects): every positive object of the batch's maps
+    (`perm`: their indices in the data) gets -log p at its best cell, the one a chip grows around (an object
+    is recalled when one of its cells passes the threshold, as coverage_at_recall counts it), averaged over
+    the objects; plus the mean cross-entropy of the negative cells. Its other cells are free: the head
+    need not light a whole object, so fewer cells pass the threshold for the same recall."""
+    margin = logits[:, 1] - logits[:, 0]  # log p / (1 - p)
+    n_maps = max(int(cells["map"].max()) if cells["map"].numel() else 0, int(perm.max())) + 1
+    where = torch.full((n_maps,), -1, dtype=torch.long)  # data map index -> position in the batch
+    where[perm] = torch.arange(len(perm))
+    b = where[cells["map"]]
+    inside = b >= 0
+    negative = labels == 0
+    neg = F.softplus(margin[negative]).mean() if negative.any() else margin.sum() * 0.0
+    if not inside.any():
+        return neg
+    obj = cells["object"][inside]
+    values = margin[b[inside], cells["y"][inside], cells["x"][inside]]
+    best = torch.full((int(obj.max()) + 1,), -float("inf"), dtype=values.dtype).scatter_reduce(0, obj, values, "amax")
+    best = best[torch.unique(obj)]
+    return F.softplus(-best).mean() + neg
+
+
 def set_focus_features(model, config: dict, kind: str) -> None:
     """Points the focus head at other stride-16 features (model.network.FOCUS_FEATURES), in place, and
     records it in config["network"]: the 3x3 conv's weights on the features it already read are kept and
@@ -207,19 +247,26 @@ def _head_state(modules) -> list:
 
 
 def refit(model, train: list[dict], held: list[dict], epochs: int, minutes: float, lr: float = 1e-3,
-          batch: int = 16, seed: int = 0, progress: bool = True, head=None) -> dict:
-    """Adam on the weighted focus cross-entropy of the given scales' data, training the paper's head
-    (model.focus_conv and model.focus_out), or `head` (a module: features -> 2 logits, e.g. one of
-    model.transition_heads), in place (nothing else gets a gradient); leaves it at the epoch (0 = as
-    given) with the lowest summed held-out coverage at RECALL. Returns the history."""
+          batch: int = 16, seed: int = 0, progress: bool = True, head=None, loss: str = "cells",
+          recall: float = RECALL) -> dict:
+    """Adam on the given scales' data, training the paper's head (model.focus_conv and model.focus_out),
+    or `head` (a module: features -> 2 logits, e.g. one of model.transition_heads), in place (nothing else
+    gets a gradient); leaves it at the epoch (0 = as given) with the lowest summed held-out coverage at
+    `recall`. loss: "cells", the weighted cross-entropy of every labelled cell; "objects", object_loss.
+    Returns the history."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
     torch.manual_seed(seed)
     modules = (model.focus_conv, model.focus_out) if head is None else (head,)
     head = model.focus_logits if head is None else head
-    start_cov = coverage_at_recall(head, held)
+    start_cov = coverage_at_recall(head, held, recall)
     best = (sum(start_cov), _head_state(modules), 0)
     history = {"epoch0_coverage": start_cov, "epochs": []}
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
+    if loss == "objects":
+        for d in train:
+            d.setdefault("cells", object_cells(d["objects"]))
     steps = [(s, k) for s, d in enumerate(train) for k in range(0, len(d["labels"]), batch)]
     total = epochs * len(steps)
     deadline = time.time() + 60.0 * minutes
@@ -233,19 +280,23 @@ def refit(model, train: list[dict], held: list[dict], epochs: int, minutes: floa
             x, y, w = train[s]["features"][perm].float(), train[s]["labels"][perm], train[s]["weights"][perm]
             for group in opt.param_groups:  # cosine decay over the planned steps
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            ce = F.cross_entropy(head(x), y.clamp(min=0), reduction="none")
-            loss = (ce * w).sum() / w.sum().clamp(min=1e-6)
+            logits = head(x)
+            if loss == "objects":
+                value = object_loss(logits, y, train[s]["cells"], perm)
+            else:
+                ce = F.cross_entropy(logits, y.clamp(min=0), reduction="none")
+                value = (ce * w).sum() / w.sum().clamp(min=1e-6)
             opt.zero_grad()
-            loss.backward()
+            value.backward()
             opt.step()
-            loss_sum += loss.item()
+            loss_sum += value.item()
             step += 1
         for d in train:
             d["perm"] = torch.randperm(len(d["labels"]))
-        cov = coverage_at_recall(head, held)
+        cov = coverage_at_recall(head, held, recall)
         history["epochs"].append({"epoch": epoch, "loss": loss_sum / len(order), "coverage": cov})
         if progress:
-            print(f"  epoch {epoch}: loss {loss_sum / len(order):.4f}, held-out coverage at {RECALL:.0%} recall "
+            print(f"  epoch {epoch}: loss {loss_sum / len(order):.4f}, held-out coverage at {recall:.0%} recall "
                   + " / ".join(f"{c:.3f}" for c in cov), file=sys.stderr)
         if sum(cov) < best[0]:
             best = (sum(cov), _head_state(modules), epoch)
@@ -272,6 +323,12 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--minutes", type=float, default=30.0, help="stop after the epoch that passes this")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--loss", choices=LOSSES, default="cells",
+                   help="cells: the cross-entropy of every labelled cell, object-balanced (--balance); objects: "
+                        "each positive object's best cell (the one a chip grows around) and the negative cells")
+    p.add_argument("--recall", type=float, default=RECALL,
+                   help=f"the epoch kept covers the fewest held-out cells at this recall of positive objects "
+                        f"(default {RECALL}); the cascade runs near 0.98-0.99")
     p.add_argument("--balance", type=float, default=1.0,
                    help="positive cells weigh n ** -balance (n: the object's cells); 0: plain cross-entropy")
     p.add_argument("--focus-features", choices=FOCUS_FEATURES,
@@ -290,11 +347,17 @@ def main(argv=None) -> int:
                         "per transition (model/configs/transition_heads.json); the paper's head is kept as it is")
     p.add_argument("--transitions", help="with --transition-heads or a checkpoint that has them: which to refit, "
                    "e.g. 1 or 1,2 (default all); the others are kept from the checkpoint")
+    p.add_argument("--head-from", action="append", metavar="K=CHECKPOINT", default=[],
+                   help="no training: transition K's own head becomes CHECKPOINT's paper head (a refit of the same "
+                        "trunk, e.g. with --loss objects), labelled by the paper's rule; the other transitions keep "
+                        "theirs; repeatable")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     args = p.parse_args(argv)
     if not 0 < args.holdout < 1:
         p.error(f"--holdout: expected a fraction in (0, 1), got {args.holdout}")
+    if not 0 < args.recall <= 1:
+        p.error(f"--recall: expected a fraction in (0, 1], got {args.recall}")
     torch.set_num_threads(args.threads)
     if args.train_images and not args.annotations:
         p.error("--train-images needs --train-annotations")
@@ -307,13 +370,15 @@ def main(argv=None) -> int:
         set_focus_features(model, config, args.focus_features)
     coco = load_coco(args.annotations, args.train_images) if args.annotations \
         else load_split(config["data"]["train_split"])
+    if args.head_from:
+        return _heads_from(p, args, argv, model, config)
     if args.transition_heads or args.transitions:
         return _refit_transitions(p, args, argv, model, coco, config)
     t0 = time.time()
     history, n, n_held = _collect_and_refit(p, args, model, coco, config)
     _save_with_record(args, model, config, "focus_refit", _record(
         args, argv, history, n, n_held, t0, source=str(args.checkpoint), focus_features=model.focus_features_kind))
-    _report(history, args.out)
+    _report(history, args.out, args.recall)
     return 0
 
 
@@ -402,21 +467,66 @@ def _refit_transitions(p, args, argv, model, coco, config) -> int:
         if head is None:
             print(f"transition {k}: no head of its own (the paper's serves it), not refit", file=sys.stderr)
             continue
-        paper = coverage_at_recall(model.focus_logits, [held[k - 1]])[0]
+        paper = coverage_at_recall(model.focus_logits, [held[k - 1]], args.recall)[0]
         print(f"transition {k}: head {head.spec}, paper head's held-out coverage {paper:.4f}", file=sys.stderr)
         history = refit(model, [train[k - 1]], [held[k - 1]], args.epochs, args.minutes, args.lr,
-                        progress=not args.quiet, head=head)
-        records[str(k)] = {"head": head.spec, "b_original": config["focus_labels"]["transitions"][k - 1]["b_original"],
+                        progress=not args.quiet, head=head, loss=args.loss, recall=args.recall)
+        records[str(k)] = {"head": head.spec,
+                           "b_original": (config["focus_labels"]["transitions"][k - 1] or {}).get("b_original"),
                            "paper_head_coverage": paper, "before": history["epoch0_coverage"][0],
                            "after": history["best_coverage"][0], "best_epoch": history["best_epoch"],
                            "epochs_run": len(history["epochs"])}
-        print(f"transition {k}: held-out coverage at {RECALL:.0%} recall {records[str(k)]['after']:.4f} "
+        print(f"transition {k}: held-out coverage at {args.recall:.0%} recall {records[str(k)]['after']:.4f} "
               f"(paper head {paper:.4f}; epoch {history['best_epoch']})", file=sys.stderr)
     _save_with_record(args, model, config, "transition_refit", {
-        "images": n, "held_out": n_held, "lr": args.lr, "balance": args.balance, "recall": RECALL,
+        "images": n, "held_out": n_held, "lr": args.lr, "loss": args.loss, "balance": args.balance,
+        "recall": args.recall,
         "transitions": records, "minutes": (time.time() - t0) / 60.0, "source": str(args.checkpoint),
         "command": " ".join(["python -m model.focus_refit", *(sys.argv[1:] if argv is None else argv)])})
     print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _heads_from(p, args, argv, model, config) -> int:
+    """--head-from K=CHECKPOINT: transition K's own head is CHECKPOINT's paper head (the paper's shape and
+    labels), which must sit on the same trunk (every weight outside the focus heads equal); the others keep
+    the --checkpoint's heads. A head refit on both coarse scales can then serve only the one it helps."""
+    n = len(config["inference"]["scales"]) - 1
+    specs = list(model.transition_specs) or [None] * n
+    heads = [model.transition_head(k) if k < len(model.transition_specs) else None for k in range(n)]
+    labels = list(config["focus_labels"].get("transitions") or [None] * n)
+    sources = {}
+    trunk = {k: v for k, v in model.state_dict().items() if not k.startswith(FOCUS_WEIGHTS)}
+    for entry in args.head_from:
+        k, _, path = entry.partition("=")
+        if not k.isdigit() or not 1 <= int(k) <= n or not path:
+            p.error(f"--head-from: expected K=CHECKPOINT with K in 1..{n}, got {entry!r}")
+        try:
+            other, _ = load_model(path)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            p.error(f"--head-from: {path}: {e}")
+        theirs = {k2: v for k2, v in other.state_dict().items() if not k2.startswith(FOCUS_WEIGHTS)}
+        if theirs.keys() != trunk.keys() or any(not torch.equal(v, trunk[k2]) for k2, v in theirs.items()) \
+                or other.focus_conv.in_channels != model.focus_conv.in_channels:
+            p.error(f"--head-from: {path} is not a refit of --checkpoint's trunk (its weights outside the focus "
+                    f"heads, or the features its head reads, differ)")
+        head = FocusHead(model.focus_conv.in_channels, width=other.focus_conv.out_channels, dilations=[1],
+                         reduce=False)
+        with torch.no_grad():
+            head.layers[0].load_state_dict(other.focus_conv.state_dict())
+            head.layers[-1].load_state_dict(other.focus_out.state_dict())
+        i = int(k) - 1
+        specs[i], heads[i], labels[i] = head.spec, head, None  # None: the paper's labels (label_bounds)
+        record = read_checkpoint(path).get("focus_refit")
+        sources[k] = {"checkpoint": str(path), "its_refit": record}
+    model.transition_specs = specs
+    model.transition_heads = torch.nn.ModuleList(h for h in heads if h is not None)
+    config["network"] = {**config["network"], "transition_heads": specs}
+    config["focus_labels"] = {**config["focus_labels"], "transitions": labels}
+    _save_with_record(args, model, config, "transition_heads_from", {
+        "heads": sources, "source": str(args.checkpoint),
+        "command": " ".join(["python -m model.focus_refit", *(sys.argv[1:] if argv is None else argv)])})
+    print(f"wrote {args.out}: transition heads {specs}", file=sys.stderr)
     return 0
 
 
@@ -441,20 +551,21 @@ def _collect_split(p, args, model, coco, config, transitions: bool = False):
 def _collect_and_refit(p, args, model, coco, config):
     """_collect_split, then the refit of the paper's head; returns (history, images, held out)."""
     train, held, n, n_held = _collect_split(p, args, model, coco, config)
-    return refit(model, train, held, args.epochs, args.minutes, args.lr, progress=not args.quiet), n, n_held
+    return refit(model, train, held, args.epochs, args.minutes, args.lr, progress=not args.quiet, loss=args.loss,
+                 recall=args.recall), n, n_held
 
 
 def _record(args, argv, history, n, n_held, t0, **more) -> dict:
     return {"images": n, "held_out": n_held, "epochs_run": len(history["epochs"]),
-            "best_epoch": history["best_epoch"], "lr": args.lr, "balance": args.balance,
-            "held_out_coverage_at_recall": {"recall": RECALL, "before": history["epoch0_coverage"],
+            "best_epoch": history["best_epoch"], "lr": args.lr, "loss": args.loss, "balance": args.balance,
+            "held_out_coverage_at_recall": {"recall": args.recall, "before": history["epoch0_coverage"],
                                             "after": history["best_coverage"]},
             "minutes": (time.time() - t0) / 60.0, **more,
             "command": " ".join(["python -m model.focus_refit", *(sys.argv[1:] if argv is None else argv)])}
 
 
-def _report(history, out) -> None:
-    print(f"held-out coverage at {RECALL:.0%} recall of positive objects, per coarse scale: "
+def _report(history, out, recall: float) -> None:
+    print(f"held-out coverage at {recall:.0%} recall of positive objects, per coarse scale: "
           f"{' / '.join(f'{c:.3f}' for c in history['epoch0_coverage'])} before, "
           f"{' / '.join(f'{c:.3f}' for c in history['best_coverage'])} after (epoch {history['best_epoch']}); "
           f"wrote {out}")
@@ -491,7 +602,7 @@ def _refit_user_network(p, args, argv=None) -> int:
     record = _record(args, argv, history, n, n_held, t0, source=str(args.weights), feature=model.feature)
     config = {k: v for k, v in user.items() if k != "classes"}
     un.save_refit(args.out, model, args.network, user["classes"], config, focus_refit=record)
-    _report(history, args.out)
+    _report(history, args.out, args.recall)
     return 0
 
 

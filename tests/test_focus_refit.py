@@ -8,7 +8,7 @@ import torch
 
 from model.checkpoint import load_model, save_checkpoint
 from model.config import load_config
-from model.focus_refit import cell_weights, coverage_at_recall, main, map_labels, refit
+from model.focus_refit import cell_weights, coverage_at_recall, main, map_labels, object_cells, object_loss, refit
 from model.labels import FOCUS_IGNORE, focus_labels, focus_positive_spans
 from model.network import build_model
 from model.synth import generate_split
@@ -142,6 +142,74 @@ def test_refit_learns_a_map_the_features_determine():
     assert coverage_at_recall(model.focus_logits, held)[0] == pytest.approx(after)
 
 
+def test_object_loss_matches_numpy():
+    """-log p at each object's best cell (objects of the batch's maps only), mean over objects, plus the
+    mean -log(1 - p) of the negative cells: a float64 NumPy computation from the definition."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(3, 2, 7, 9))
+    labels = rng.choice([0, 0, FOCUS_IGNORE], size=(3, 7, 9))
+    objects = []
+    for i in range(5):  # data maps 0..4; the batch holds maps 4, 1, 2
+        for _ in range(3):
+            y0, x0 = rng.integers(0, 6), rng.integers(0, 8)
+            objects.append((i, y0, y0 + rng.integers(1, 3), x0, x0 + rng.integers(1, 3)))
+    perm = torch.tensor([4, 1, 2])
+    for b, i in enumerate(perm.tolist()):
+        for m, y0, y1, x0, x1 in objects:
+            if m == i:
+                labels[b, y0:y1, x0:x1] = 1
+    got = object_loss(torch.from_numpy(logits), torch.from_numpy(labels), object_cells(torch.tensor(objects)), perm)
+    p = 1.0 / (1.0 + np.exp(-(logits[:, 1] - logits[:, 0])))
+    pos = [-np.log(max(p[b, y0:y1, x0:x1].max() for b in [perm.tolist().index(m)]))
+           for m, y0, y1, x0, x1 in objects if m in perm.tolist()]
+    want = np.mean(pos) + np.mean(-np.log(1.0 - p[labels == 0]))
+    assert got.item() == pytest.approx(want, rel=1e-9)
+    # No object in the batch: the negative term alone.
+    none = object_loss(torch.from_numpy(logits), torch.from_numpy(labels), object_cells(torch.tensor(objects)),
+                       torch.tensor([7, 5, 6]))
+    assert none.item() == pytest.approx(np.mean(-np.log(1.0 - p[labels == 0])), rel=1e-9)
+
+
+def test_object_loss_refit_lights_one_cell_per_object():
+    """Objects of 2 x 2 cells of which only one cell carries a signal in the features: the per-cell loss
+    must light all four cells to be right, the object loss only the one; at full recall the object loss's
+    head covers fewer cells."""
+    def split(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        f = torch.randn(n, 16, 8, 10, generator=g) * 0.3
+        lab = torch.zeros(n, 8, 10, dtype=torch.long)
+        objects = []
+        for i in range(n):
+            for y0, x0 in ((1, 1), (4, 6)):
+                lab[i, y0:y0 + 2, x0:x0 + 2] = 1
+                f[i, 0, y0, x0] += 3.0  # only the top-left cell shows the object
+                objects.append((i, y0, y0 + 2, x0, x0 + 2))
+        objects = torch.tensor(objects)
+        return {"features": f.half(), "labels": lab, "objects": objects, "weights": cell_weights(lab, objects, 1.0),
+                "perm": torch.randperm(n)}
+
+    covered = {}
+    for loss in ("cells", "objects"):
+        torch.manual_seed(0)
+        model = build_model(load_config(overrides={"network": TINY_NET}), 5)
+        history = refit(model, [split(48, 1)], [split(16, 2)], epochs=12, minutes=5.0, lr=0.02, batch=8,
+                        progress=False, loss=loss, recall=1.0)
+        covered[loss] = history["best_coverage"][0]
+    # The ideal: 2 lit cells of 80 = 0.025; lighting whole objects: 8 of 80 = 0.1.
+    assert covered["objects"] < 0.06 < covered["cells"], covered
+
+
+def test_refit_records_its_loss_and_recall(refit_run, tmp_path):
+    rc = main(["--checkpoint", str(refit_run / "in.pt"), "--out", str(tmp_path / "o.pt"), "--annotations",
+               str(refit_run / "train" / "annotations.json"), "--holdout", "0.34", "--epochs", "1", "--quiet",
+               "--loss", "objects", "--recall", "0.99"])
+    assert rc == 0
+    record = torch.load(tmp_path / "o.pt", weights_only=False)["focus_refit"]
+    assert record["loss"] == "objects" and record["held_out_coverage_at_recall"]["recall"] == 0.99
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(refit_run / "in.pt"), "--recall", "1.5"])
+
+
 def test_refit_refuses_a_holdout_that_leaves_nothing(refit_run):
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(refit_run / "in.pt"), "--holdout", "1.5"])
@@ -221,3 +289,41 @@ def test_transitions_without_heads_and_bad_numbers_are_named(refit_run, tmp_path
               str(heads), "--transitions", "one", *common])
     assert "--transitions: expected numbers in 1..2, got one" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_head_from_puts_another_refits_head_on_one_transition(refit_run, tmp_path):
+    """--head-from 2=<refit>: transition 2's channel is the refit's paper head (its own forward is the
+    reference), transition 1 and the detections stay the base checkpoint's."""
+    rc = main(["--checkpoint", str(refit_run / "in.pt"), "--out", str(tmp_path / "c.pt"),
+               "--head-from", f"2={refit_run / 'out.pt'}"])
+    assert rc == 0
+    base, _ = load_model(refit_run / "in.pt")
+    other, _ = load_model(refit_run / "out.pt")
+    other.focus_out.bias.data += 0.5  # (a change of the head that must show up in the composed channel)
+    torch.save({**torch.load(refit_run / "out.pt", weights_only=False), "model": other.state_dict()}, tmp_path / "o.pt")
+    assert main(["--checkpoint", str(refit_run / "in.pt"), "--out", str(tmp_path / "c.pt"),
+                 "--head-from", f"2={tmp_path / 'o.pt'}"]) == 0
+    composed, config = load_model(tmp_path / "c.pt")
+    assert config["network"]["transition_heads"][0] is None and config["focus_labels"]["transitions"] == [None, None]
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        c, b, o = composed(x), base(x), other(x)
+    assert c["focus"].shape[1] == 3
+    torch.testing.assert_close(c["focus"][:, 2], o["focus"][:, 1])
+    torch.testing.assert_close(c["focus"][:, :2], b["focus"])
+    assert torch.equal(c["scores"], b["scores"]) and torch.equal(c["ltrb"], b["ltrb"])
+    record = torch.load(tmp_path / "c.pt", weights_only=False)["transition_heads_from"]
+    assert record["heads"]["2"]["checkpoint"] == str(tmp_path / "o.pt")
+
+
+def test_head_from_refuses_another_trunk_and_bad_transitions(refit_run, tmp_path, capsys):
+    config = load_config(overrides={"network": TINY_NET})
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "other.pt", build_model(config, 5), config, ["car", "person", "sign", "crate", "bird"])
+    for entry, message in ((f"2={tmp_path / 'other.pt'}", "not a refit of --checkpoint's trunk"),
+                           (f"3={refit_run / 'out.pt'}", "K in 1..2"), ("2", "K in 1..2"),
+                           (f"1={tmp_path / 'missing.pt'}", "missing.pt")):
+        with pytest.raises(SystemExit):
+            main(["--checkpoint", str(refit_run / "in.pt"), "--out", str(tmp_path / "c.pt"), "--head-from", entry])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "c.pt").exists()
