@@ -368,10 +368,10 @@ def main(argv=None) -> int:
     model, config = load_model(args.checkpoint)
     if args.focus_features and args.focus_features != model.focus_features_kind:
         set_focus_features(model, config, args.focus_features)
+    if args.head_from:  # (no training: no data read)
+        return _heads_from(p, args, argv, model, config)
     coco = load_coco(args.annotations, args.train_images) if args.annotations \
         else load_split(config["data"]["train_split"])
-    if args.head_from:
-        return _heads_from(p, args, argv, model, config)
     if args.transition_heads or args.transitions:
         return _refit_transitions(p, args, argv, model, coco, config)
     t0 = time.time()
