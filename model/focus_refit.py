@@ -421,6 +421,13 @@ def read_transition_heads(path, transitions: int, network: dict) -> list[dict]:
     return heads
 
 
+def copy_paper_head(model, head) -> None:
+    """The paper's head of `model` (3x3 conv, ReLU, 1x1 conv) into `head`, a FocusHead of the same shape."""
+    with torch.no_grad():
+        head.layers[0].load_state_dict(model.focus_conv.state_dict())
+        head.layers[-1].load_state_dict(model.focus_out.state_dict())
+
+
 def attach_transition_heads(model, config: dict, heads: list[dict]) -> None:
     """New per-transition heads on the model (in place), their specs in config["network"] and their label
     bounds in config["focus_labels"]["transitions"]; init "paper" copies the paper head's weights."""
@@ -431,9 +438,7 @@ def attach_transition_heads(model, config: dict, heads: list[dict]) -> None:
     model.transition_heads = torch.nn.ModuleList(m for m in built if m is not None)
     for h, m in zip(heads, built):
         if h is not None and h.get("init") == "paper":
-            with torch.no_grad():
-                m.layers[0].load_state_dict(model.focus_conv.state_dict())
-                m.layers[-1].load_state_dict(model.focus_out.state_dict())
+            copy_paper_head(model, m)
     config["network"] = {**config["network"], "transition_heads": model.transition_specs}
     config["focus_labels"] = {**config["focus_labels"], "transitions": [
         None if h is None else {"b_original": float(h["b_original"])} for h in heads]}
@@ -482,7 +487,7 @@ def _refit_transitions(p, args, argv, model, coco, config) -> int:
         "images": n, "held_out": n_held, "lr": args.lr, "loss": args.loss, "balance": args.balance,
         "recall": args.recall,
         "transitions": records, "minutes": (time.time() - t0) / 60.0, "source": str(args.checkpoint),
-        "command": " ".join(["python -m model.focus_refit", *(sys.argv[1:] if argv is None else argv)])})
+        "command": _command(argv)})
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
@@ -512,9 +517,7 @@ def _heads_from(p, args, argv, model, config) -> int:
                     f"heads, or the features its head reads, differ)")
         head = FocusHead(model.focus_conv.in_channels, width=other.focus_conv.out_channels, dilations=[1],
                          reduce=False)
-        with torch.no_grad():
-            head.layers[0].load_state_dict(other.focus_conv.state_dict())
-            head.layers[-1].load_state_dict(other.focus_out.state_dict())
+        copy_paper_head(other, head)
         i = int(k) - 1
         specs[i], heads[i], labels[i] = head.spec, head, None  # None: the paper's labels (label_bounds)
         record = read_checkpoint(path).get("focus_refit")
@@ -525,7 +528,7 @@ def _heads_from(p, args, argv, model, config) -> int:
     config["focus_labels"] = {**config["focus_labels"], "transitions": labels}
     _save_with_record(args, model, config, "transition_heads_from", {
         "heads": sources, "source": str(args.checkpoint),
-        "command": " ".join(["python -m model.focus_refit", *(sys.argv[1:] if argv is None else argv)])})
+        "command": _command(argv)})
     print(f"wrote {args.out}: transition heads {specs}", file=sys.stderr)
     return 0
 
@@ -561,7 +564,12 @@ def _record(args, argv, history, n, n_held, t0, **more) -> dict:
             "held_out_coverage_at_recall": {"recall": args.recall, "before": history["epoch0_coverage"],
                                             "after": history["best_coverage"]},
             "minutes": (time.time() - t0) / 60.0, **more,
-            "command": " ".join(["python -m model.focus_refit", *(sys.argv[1:] if argv is None else argv)])}
+            "command": _command(argv)}
+
+
+def _command(argv) -> str:
+    """The command line to record in the checkpoint."""
+    return " ".join(["python -m model.focus_refit", *(sys.argv[1:] if argv is None else argv)])
 
 
 def _report(history, out, recall: float) -> None:
