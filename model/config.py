@@ -9,6 +9,8 @@ import copy
 import json
 from pathlib import Path
 
+from model.focus_loss import FOCUS_LOSSES
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.json"
 
@@ -60,6 +62,8 @@ def validate_config(config: dict) -> None:
     fl = config["focus_labels"]
     if not 0 <= fl["a"] <= fl["b"] <= fl["c"]:
         raise ValueError(f"config: focus_labels expects 0 <= a <= b <= c, got {fl}")
+    if config["loss"]["focus_loss"] not in FOCUS_LOSSES:
+        raise ValueError(f"config: loss.focus_loss must be one of {FOCUS_LOSSES}, got {config['loss']['focus_loss']!r}")
     if config["optim"]["optimizer"] not in ("adamw", "sgd"):
         raise ValueError(f"config: optim.optimizer must be 'adamw' or 'sgd', got {config['optim']['optimizer']!r}")
     if config["optim"]["batch_size"] < 1:

@@ -43,7 +43,8 @@ from model.chips import Chip, chip_boxes, negative_chips, positive_chips, render
 from model.config import load_config
 from model.data import check_same_classes, read_image
 from model.evaluate import coco_eval, metrics_of
-from model.labels import detection_targets, focus_labels, valid_range_mask
+from model.focus_loss import object_cells, object_loss
+from model.labels import detection_targets, focus_labels, focus_positive_spans, valid_range_mask
 from model.network import AutoFocusNet, build_model
 
 # ----------------------------------------------------------------------------- data
@@ -130,13 +131,29 @@ def chip_targets(coco, chip: Chip, config: dict, flip: bool = False) -> dict:
                             (size, size), config["network"]["det_stride"], config["targets"]["alpha"],
                             config["targets"]["beta"])
     det["focus_labels"] = focus
+    if config["loss"].get("focus_loss") == "objects":  # each positive object's cells, for object_loss
+        det["focus_objects"] = focus_positive_spans(cb, (size, size), config["network"]["focus_stride"],
+                                                    fl["a"], fl["b"])
     return det
 
 
 def collate(batch):
+    """Stacks the chips; "focus_objects" (a varying number of rows per chip) is padded with -1 rows."""
     images = torch.stack([b[0] for b in batch])
-    targets = {k: torch.stack([b[1][k] for b in batch]) for k in batch[0][1]}
+    targets = {}
+    for k in batch[0][1]:
+        if k == "focus_objects":
+            rows = max(max(len(b[1][k]) for b in batch), 1)
+            targets[k] = torch.stack([F.pad(b[1][k], (0, 0, 0, rows - len(b[1][k])), value=-1) for b in batch])
+        else:
+            targets[k] = torch.stack([b[1][k] for b in batch])
     return images, targets
+
+
+def batch_objects(focus_objects: torch.Tensor) -> torch.Tensor:
+    """(B, M, 4) spans padded with -1 rows -> (P, 5) [chip, y0, y1, x0, x1), as object_cells takes them."""
+    chip, row = torch.nonzero(focus_objects[:, :, 1] > focus_objects[:, :, 0], as_tuple=True)
+    return torch.cat([chip[:, None], focus_objects[chip, row]], dim=1)
 
 
 def build_positive_chips(coco, config: dict) -> list[Chip]:
@@ -203,6 +220,9 @@ def compute_losses(outputs: dict, targets: dict, config: dict) -> dict:
     fl = targets["focus_labels"]
     if "focus_logits" not in outputs:  # a detector trained without a focus head (refit one later)
         focus_loss = torch.zeros((), device=logits.device)
+    elif "focus_objects" in targets:
+        focus_loss = object_loss(outputs["focus_logits"], fl, object_cells(batch_objects(targets["focus_objects"])),
+                                 torch.arange(len(fl)))
     elif (fl >= 0).any():
         focus_loss = F.cross_entropy(outputs["focus_logits"], fl, ignore_index=-1)
     else:

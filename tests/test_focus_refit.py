@@ -8,7 +8,8 @@ import torch
 
 from model.checkpoint import load_model, save_checkpoint
 from model.config import load_config
-from model.focus_refit import cell_weights, coverage_at_recall, main, map_labels, object_cells, object_loss, refit
+from model.focus_loss import object_cells, object_loss
+from model.focus_refit import cell_weights, coverage_at_recall, main, map_labels, refit
 from model.labels import FOCUS_IGNORE, focus_labels, focus_positive_spans
 from model.network import build_model
 from model.synth import generate_split

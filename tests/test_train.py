@@ -12,7 +12,7 @@ from model.config import load_config
 from model.data import load_coco
 from model.network import AutoFocusNet, build_model
 from model.synth import generate_split
-from model.train import build_positive_chips, chip_targets, mine_negative_chips, train
+from model.train import build_positive_chips, chip_targets, collate, compute_losses, mine_negative_chips, train
 
 torch.set_num_threads(2)
 
@@ -185,3 +185,53 @@ def test_flipped_chip_targets_mirror_the_unflipped_ones(tiny_split):
         wb = b["box_target"][2] - b["box_target"][0]
         np.testing.assert_allclose(np.unique(wa[a["reg_weight"] > 0].round(2)),
                                    np.unique(wb[b["reg_weight"] > 0].round(2)), atol=0.011)
+
+
+def test_objects_focus_loss_from_chips_matches_numpy(tiny_split):
+    """focus_loss "objects": every FocusPixel-positive box of each chip (sized as the labels size it) gets
+    -log p at its best cell, over the batch's boxes, plus the mean -log(1 - p) of the negative cells; a
+    float64 NumPy computation from the chips' scaled boxes, with the ragged batch padded by collate."""
+    train_set, _ = tiny_split
+    config = tiny_config()
+    config["loss"]["focus_loss"] = "objects"
+    chips = build_positive_chips(train_set, config)[:4]
+    items = [chip_targets(train_set, chip, config) for chip in chips]
+    counts = [len(t["focus_objects"]) for t in items]
+    assert sum(counts) > 0 and len(set(counts)) > 1, "the test needs chips with different numbers of objects"
+    images = torch.zeros(len(items), 3, 8, 8)
+    _, targets = collate([(img, {k: torch.from_numpy(v) for k, v in t.items()}) for img, t in zip(images, items)])
+    assert targets["focus_objects"].shape == (len(items), max(counts), 4)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(len(items), 2, 32, 32))
+    outputs = {"cls_logits": torch.zeros_like(targets["heatmap"]), "ltrb": torch.zeros(len(items), 4, 64, 64),
+               "focus_logits": torch.from_numpy(logits)}
+    got = compute_losses(outputs, targets, config)["focus"].item()
+
+    p = 1.0 / (1.0 + np.exp(-(logits[:, 1] - logits[:, 0])))
+    a, b = config["focus_labels"]["a"], config["focus_labels"]["b"]
+    best, negatives = [], []
+    for i, chip in enumerate(chips):
+        image_id = train_set.images[chip.image_index]["id"]
+        boxes = train_set.boxes[image_id].astype(np.float64) * chip.factor - [chip.x0, chip.y0, chip.x0, chip.y0]
+        for x1, y1, x2, y2 in boxes:
+            if not a < np.sqrt((x2 - x1) * (y2 - y1)) < b:
+                continue
+            cols = [j for j in range(32) if j * 16 < x2 and (j + 1) * 16 > x1]
+            rows = [j for j in range(32) if j * 16 < y2 and (j + 1) * 16 > y1]
+            if rows and cols:
+                best.append(-np.log(p[i][np.ix_(rows, cols)].max()))
+        negatives.append(-np.log(1.0 - p[i][items[i]["focus_labels"] == 0]))
+    assert len(best) == sum(counts)
+    want = np.mean(best) + np.mean(np.concatenate(negatives))
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_training_with_objects_focus_loss_runs_and_rejects_unknown_losses(tiny_split, tmp_path):
+    train_set, val_set = tiny_split
+    config = tiny_config(max_steps=4)
+    config["loss"]["focus_loss"] = "objects"
+    summary = train(config, tmp_path, train_set=train_set, val_set=val_set, progress_bar=False)
+    focus = [h["focus"] for h in summary["history"] if "focus" in h]
+    assert len(focus) == 4 and all(np.isfinite(focus)) and max(focus) > 0
+    with pytest.raises(ValueError, match="focus_loss"):
+        load_config(overrides={"loss": {"focus_loss": "cell"}})
