@@ -53,7 +53,6 @@ from model.train import load_split
 DEFAULT_CHECKPOINT = Path("runs/default/final.pt")  # what `python -m model.train` writes
 DEFAULT_OUT = Path("runs/default/final_refit.pt")
 RECALL = 0.95
-LOSSES = FOCUS_LOSSES  # refit's loss: every labelled cell (object-balanced), or each object's best cell
 HEAD_ARGUMENTS = ("width", "dilations", "reduce")  # of model.network.FocusHead, in a --transition-heads entry
 FOCUS_WEIGHTS = ("focus_conv.", "focus_out.", "transition_heads.")  # state-dict prefixes of the focus heads
 
@@ -217,8 +216,8 @@ def refit(model, train: list[dict], held: list[dict], epochs: int, minutes: floa
     gets a gradient); leaves it at the epoch (0 = as given) with the lowest summed held-out coverage at
     `recall`. loss: "cells", the weighted cross-entropy of every labelled cell; "objects", object_loss.
     Returns the history."""
-    if loss not in LOSSES:
-        raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+    if loss not in FOCUS_LOSSES:
+        raise ValueError(f"loss: expected one of {FOCUS_LOSSES}, got {loss!r}")
     torch.manual_seed(seed)
     modules = (model.focus_conv, model.focus_out) if head is None else (head,)
     head = model.focus_logits if head is None else head
@@ -286,7 +285,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--minutes", type=float, default=30.0, help="stop after the epoch that passes this")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--loss", choices=LOSSES, default="cells",
+    p.add_argument("--loss", choices=FOCUS_LOSSES, default="cells",
                    help="cells: the cross-entropy of every labelled cell, object-balanced (--balance); objects: "
                         "each positive object's best cell (the one a chip grows around) and the negative cells")
     p.add_argument("--recall", type=float, default=RECALL,

@@ -295,15 +295,13 @@ def test_transitions_without_heads_and_bad_numbers_are_named(refit_run, tmp_path
 def test_head_from_puts_another_refits_head_on_one_transition(refit_run, tmp_path):
     """--head-from 2=<refit>: transition 2's channel is the refit's paper head (its own forward is the
     reference), transition 1 and the detections stay the base checkpoint's."""
-    rc = main(["--checkpoint", str(refit_run / "in.pt"), "--out", str(tmp_path / "c.pt"),
-               "--head-from", f"2={refit_run / 'out.pt'}"])
-    assert rc == 0
     base, _ = load_model(refit_run / "in.pt")
     other, _ = load_model(refit_run / "out.pt")
     other.focus_out.bias.data += 0.5  # (a change of the head that must show up in the composed channel)
     torch.save({**torch.load(refit_run / "out.pt", weights_only=False), "model": other.state_dict()}, tmp_path / "o.pt")
-    assert main(["--checkpoint", str(refit_run / "in.pt"), "--out", str(tmp_path / "c.pt"),
-                 "--head-from", f"2={tmp_path / 'o.pt'}"]) == 0
+    rc = main(["--checkpoint", str(refit_run / "in.pt"), "--out", str(tmp_path / "c.pt"),
+               "--head-from", f"2={tmp_path / 'o.pt'}"])
+    assert rc == 0
     composed, config = load_model(tmp_path / "c.pt")
     assert config["network"]["transition_heads"][0] is None and config["focus_labels"]["transitions"] == [None, None]
     x = torch.randn(1, 3, 96, 128)
