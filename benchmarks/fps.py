@@ -282,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network-input padding (runtime/params.py; default: the engine's for its device)")
     p.add_argument("--chips-on-host", choices=("yes", "no"),
                    help="on CUDA, FocusChips on a host copy of the focus maps (default: the engine's)")
+    p.add_argument("--keep-uncovered", choices=("yes", "no"),
+                   help="stacking keeps a box below its scale's range where no finer chip holds it whole (default: "
+                        "the engine's, yes; no: the paper's rule)")
     p.add_argument("--padded-decode", choices=("yes", "no"),
                    help="decode without a host read of each batch's count (default: the engine's; yes on CUDA)")
     p.add_argument("--max-batch", type=int,
@@ -311,6 +314,8 @@ def main(argv=None) -> int:
             overrides["chips_on_host"] = args.chips_on_host == "yes"
         if args.padded_decode:
             overrides["padded_decode"] = args.padded_decode == "yes"
+        if args.keep_uncovered:
+            overrides["keep_uncovered"] = args.keep_uncovered == "yes"
         if args.max_batch is not None:
             overrides["max_batch"] = args.max_batch
         if args.packing:
@@ -340,7 +345,8 @@ def main(argv=None) -> int:
         record = {"bundle": str(engine.bundle.folder), "annotations": str(eval_set.coco.annotations_path),
                   "images": len(eval_set.infos), "backend": engine.backend_name, "device": engine.device,
                   "padding": engine.params.padding, "chips_on_host": engine.params.chips_on_host,
-                  "padded_decode": engine.params.padded_decode, "max_batch": engine.params.max_batch,
+                  "padded_decode": engine.params.padded_decode, "keep_uncovered": engine.params.keep_uncovered,
+                  "max_batch": engine.params.max_batch,
                   "packing": engine.params.packing, "canvas_gutter": engine.params.canvas_gutter,
                   "cuda_graphs": engine.cuda_graphs, "warmup_all": args.warmup_all,
                   "batch": args.batch, "repeats": args.repeats,

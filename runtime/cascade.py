@@ -1,8 +1,9 @@
 """The AutoFocus cascade (docs/design.md "The cascade"), as named stages over a batch of images.
 
     whole_image_regions -> run_scale (crop_batch -> network -> decode_batch [-> paint_detections ->
-        focus_chips_batch]) -> stack (clip to the image, ops.stack_prune: SNIP valid range + focus
-        stacking, as a mask) -> chip_regions (next scale's chips) -> ... -> merge (ops.soft_nms_segments:
+        focus_chips_batch]) -> chip_regions (next scale's chips) -> stack (clip to the image,
+        ops.stack_prune: SNIP valid range + focus stacking, as a mask; below the range kept where no
+        next-scale chip holds the box whole) -> ... -> merge (ops.soft_nms_segments:
         every image and label of the call in one launch, top max_detections)
 
 Modes: "autofocus" (the cascade), "sniper" (the whole image at every scale, SNIP valid ranges, Soft-NMS:
@@ -252,17 +253,41 @@ def _clip_to_images(ctx: Context, dets: ScaleDetections) -> torch.Tensor:
     return torch.minimum(dets.boxes.clamp(min=0), ctx.image_bounds[dets.image])
 
 
-def stack(ctx: Context, dets: ScaleDetections, regions: list[Region], valid_range) -> ScaleDetections:
+def stack(ctx: Context, dets: ScaleDetections, regions: list[Region], valid_range,
+          finer: list[Region] | None = None) -> ScaleDetections:
     """Focus stacking of one scale (docs/design.md): boxes clipped to their image, then ops.stack_prune with
     each box's own chip and image: dropped (keep False) when cut by a chip side that is not an image
     side, or when sqrt(area) (of the box clipped to the image) is outside the scale's valid range. One
-    launch for all images of the batch."""
+    launch for all images of the batch. finer: the next scale's regions (autofocus); with
+    params.keep_uncovered a box below the valid range stays where none of them holds it whole."""
     boxes = _clip_to_images(ctx, dets)
     if not regions:
         return replace(dets, boxes=boxes)
     chips = ops.to_device(np.stack([r.box for r in regions]).astype(np.float32), ctx.device)[dets.region]
-    kept = ops.stack_prune(boxes, chips, ctx.image_hw[dets.image], tuple(valid_range))
+    lo, hi = valid_range
+    if finer is None or not ctx.params.keep_uncovered or lo <= 0:
+        kept = ops.stack_prune(boxes, chips, ctx.image_hw[dets.image], (lo, hi))
+    else:
+        kept = ops.stack_prune(boxes, chips, ctx.image_hw[dets.image], (0.0, hi))
+        kept &= in_valid_range(boxes, (lo, math.inf)) | ~held_whole(ctx, boxes, dets.image, finer)
     return replace(dets, boxes=boxes, keep=kept & dets.keep)
+
+
+def held_whole(ctx: Context, boxes: torch.Tensor, image: torch.Tensor, regions: list[Region],
+               block: int = 64) -> torch.Tensor:
+    """bool per box: a region of the box's own image contains it (sides may touch). Compared a block of
+    regions at a time, so that a large call's padded rows never make a rows x regions table at once."""
+    held = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    if not regions:
+        return held
+    sides = ops.to_device(np.stack([r.box for r in regions]).astype(np.float32), ctx.device)
+    owners = ops.to_device(np.array([r.image for r in regions], np.int64), ctx.device)
+    for start in range(0, len(regions), block):
+        r, owner = sides[start:start + block], owners[start:start + block]
+        inside = ((boxes[:, None, :2] >= r[None, :, :2]).all(2) & (boxes[:, None, 2:] <= r[None, :, 2:]).all(2)
+                  & (image[:, None] == owner[None, :]))
+        held |= inside.any(1)
+    return held
 
 
 def in_valid_range(boxes: torch.Tensor, valid_range) -> torch.Tensor:
@@ -343,11 +368,12 @@ def autofocus(ctx: Context) -> list[Detections]:
             break
         chip_params = ctx.params.chip_params[s] if s + 1 < scales else None
         dets, next_chips = run_scale(ctx, regions, s, chip_params, chips=s > 0)
+        finer = None if chip_params is None else chip_regions(ctx, next_chips, s + 1)
         with ctx.stats.stage("postprocess"):
-            kept.append(stack(ctx, dets, regions, ctx.params.valid_ranges[s]))
-        if chip_params is None:
+            kept.append(stack(ctx, dets, regions, ctx.params.valid_ranges[s], finer))
+        if finer is None:
             break
-        regions = chip_regions(ctx, next_chips, s + 1)
+        regions = finer
     return _finish(ctx, kept, ran)
 
 

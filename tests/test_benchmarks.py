@@ -114,9 +114,10 @@ def test_fps_padding_options_reach_the_engine(tiny, tmp_path):
     out = tmp_path / "fps.json"
     assert fps.main(["--bundle", bundle, "--annotations", annotations, "--repeats", "1", "--modes", "autofocus",
                      "--padding", "shared", "--chips-on-host", "yes", "--max-batch", "1", "--batch", "2",
-                     "--json", str(out), "--no-progress"]) == 0
+                     "--keep-uncovered", "no", "--json", str(out), "--no-progress"]) == 0
     record = json.loads(out.read_text())
     assert record["padding"] == "shared" and record["chips_on_host"] is True and record["max_batch"] == 1
+    assert record["keep_uncovered"] is False
     assert fps.main(["--bundle", bundle, "--annotations", annotations, "--max-batch", "0"]) == 2
 
 

@@ -133,15 +133,22 @@ def test_max_batch_replaces_the_bundles_limit(bundle):
 
 # ------------------------------------------------------------------------------------ stacking
 
-def _stack(bundle, boxes, chip, image_hw, valid_range=(0, math.inf), keep=None):
-    ctx = _context(bundle, [image_hw])
-    regions = [geometry.Region(0, np.asarray(chip, np.float32), 1.0, (1, 1))]
+def _stack(bundle, boxes, chip, image_hw, valid_range=(0, math.inf), keep=None, finer=None, images=None,
+           **overrides):
+    """Stacking of `boxes` detected in `chip` of image 0 (or of the image `images` gives per box, each image
+    of size image_hw, one chip each); finer: (image, chip box) of the next scale."""
     n = len(boxes)
+    images = [0] * n if images is None else images
+    count = max(images) + 1
+    ctx = _context(bundle, [image_hw] * count, **overrides)
+    regions = [geometry.Region(i, np.asarray(chip, np.float32), 1.0, (1, 1)) for i in range(count)]
     keep = torch.ones(n, dtype=torch.bool) if keep is None else torch.tensor(keep)
+    image = torch.tensor(images, dtype=torch.int64)
     dets = cascade.ScaleDetections(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.ones(n),
-                                   torch.zeros(n, dtype=torch.int32), torch.zeros(n, dtype=torch.int64),
-                                   torch.zeros(n, dtype=torch.int64), keep)
-    out = cascade.stack(ctx, dets, regions, valid_range)
+                                   torch.zeros(n, dtype=torch.int32), image, image, keep)
+    if finer is not None:
+        finer = [geometry.Region(i, np.asarray(box, np.float32), 2.0, (1, 1)) for i, box in finer]
+    out = cascade.stack(ctx, dets, regions, valid_range, finer)
     return out.boxes[out.keep].numpy()
 
 
@@ -186,6 +193,84 @@ def test_stacking_matches_the_reference_rule(bundle):
     got = _stack(bundle, boxes, chip, (h, w), (10, 90))
     np.testing.assert_array_equal(got, want)
     assert 0 < len(got) < len(boxes)
+
+
+def test_stacking_keeps_a_box_below_the_range_where_no_finer_chip_holds_it_whole(bundle):
+    """Hand-worked: valid range [40, 200]; the next scale ran in one chip of image 0, (100, 100)-(300, 300).
+    A box under 40 px stays unless that chip contains it whole (touching sides count as inside); the
+    chip of another image does not count; boxes cut by their own chip or above the range still go."""
+    chip = (0, 0, 500, 400)                          # the whole image: no side is inner
+    finer = [(0, (100, 100, 300, 300)), (1, (0, 0, 500, 400))]
+    small_inside = [150, 150, 170, 170]              # 20 px, in the finer chip: the finer scale's
+    small_touching = [100, 280, 120, 300]            # on two of its sides, still inside
+    small_outside = [350, 150, 370, 170]             # no finer chip: kept
+    small_cut = [290, 150, 310, 170]                 # crosses the finer chip's right side: kept
+    small_other_image = [350, 150, 370, 170]         # image 1, whose finer chip covers everything: dropped
+    in_range = [150, 150, 210, 210]                  # 60 px, inside the finer chip: kept as always
+    too_big = [0, 0, 250, 250]                       # 250 px > 200: dropped as always
+    boxes = [small_inside, small_touching, small_outside, small_cut, small_other_image, in_range, too_big]
+    images = [0, 0, 0, 0, 1, 0, 0]
+    kept = _stack(bundle, boxes, chip, (400, 500), (40, 200), finer=finer, images=images)
+    assert kept.tolist() == [small_outside, small_cut, in_range]
+    # The paper's rule: below the range goes everywhere.
+    off = _stack(bundle, boxes, chip, (400, 500), (40, 200), finer=finer, images=images, keep_uncovered=False)
+    assert off.tolist() == [in_range]
+    # No finer chips at all (no FocusPixels): every box below the range stays.
+    none = _stack(bundle, boxes, chip, (400, 500), (40, 200), finer=[], images=images)
+    assert none.tolist() == [small_inside, small_touching, small_outside, small_cut, small_other_image, in_range]
+
+
+def test_stacking_below_the_range_still_drops_boxes_cut_by_their_own_chip(bundle):
+    chip = (100, 50, 300, 250)                       # inner sides
+    cut_right = [280, 100, 300, 120]                 # 20 px, on the chip's right side
+    free = [150, 100, 170, 120]
+    kept = _stack(bundle, [cut_right, free], chip, (400, 500), (40, 200), finer=[])
+    assert kept.tolist() == [free]
+
+
+def test_held_whole_in_blocks_matches_a_direct_comparison(bundle):
+    """held_whole compares a block of regions at a time: the same answer as NumPy over all of them."""
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 400, (300, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 60, (300, 2))], 1).astype(np.float32)
+    image = rng.integers(0, 3, 300)
+    cxy = rng.uniform(0, 350, (150, 2))
+    chips = np.concatenate([cxy, cxy + rng.uniform(20, 200, (150, 2))], 1).astype(np.float32)
+    owner = rng.integers(0, 3, 150)
+    regions = [geometry.Region(int(o), c, 1.0, (1, 1)) for o, c in zip(owner, chips)]
+    ctx = _context(bundle, [(500, 500)] * 3)
+    got = cascade.held_whole(ctx, torch.from_numpy(boxes), torch.from_numpy(image), regions, block=16)
+    want = ((boxes[:, None, 0] >= chips[None, :, 0]) & (boxes[:, None, 1] >= chips[None, :, 1])
+            & (boxes[:, None, 2] <= chips[None, :, 2]) & (boxes[:, None, 3] <= chips[None, :, 3])
+            & (image[:, None] == owner[None, :])).any(1)
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert 0 < want.sum() < len(want)
+
+
+def test_autofocus_without_chips_keeps_every_scale_1_box(engine):
+    """No FocusPixel anywhere: no finer scale runs, so with keep_uncovered the cascade keeps all of scale 1's
+    detections, those below its valid range too: mode "single" at scale 1 (Soft-NMS off here: hard at IoU
+    1, so every candidate comes out). The paper's rule keeps only those inside scale 1's range (float64
+    sqrt of the area here)."""
+    image = val_images(1)[0][0]
+    everything = {"soft_nms": {"method": "hard", "iou_threshold": 1.0}, "max_detections": 10000}
+    nothing = [{"threshold": 1.01}, {"threshold": 1.01}]
+    raw = engine(image, mode="single", scale=1, **everything)
+    area = (raw.boxes[:, 2] - raw.boxes[:, 0]).astype(np.float64) * (raw.boxes[:, 3] - raw.boxes[:, 1])
+    positive = area > 0  # (stacking drops boxes clipped to zero area, mode single keeps them)
+    side = np.sqrt(np.maximum(area, 0))
+    lo = engine.params.valid_ranges[0][0]
+    assert (positive & (side < lo)).any()  # the test means something: scale 1 finds boxes below its range
+
+    def rows(det, mask=None):
+        table = np.concatenate([det.boxes, det.scores[:, None], det.labels[:, None]], 1)
+        table = table if mask is None else table[mask]
+        return table[np.lexsort(table.T[::-1])]
+    kept = engine(image, chip_params=nothing, **everything)
+    np.testing.assert_array_equal(rows(kept), rows(raw, positive))
+    paper = engine(image, chip_params=nothing, keep_uncovered=False, **everything)
+    assert 0 < len(paper) < len(kept)
+    np.testing.assert_array_equal(rows(paper), rows(raw, positive & (side >= lo)))
 
 
 # ------------------------------------------------------------------------------------ chips
