@@ -5,8 +5,9 @@ parameters, with the Pareto front and the best setting for a pixel budget.
     python benchmarks/sweep.py --grid "t1=0.01,0.05;t2=0.2,0.5;d=3;k1=12,16" --budget 0.3 --png sweep.png
 
 Grid keys (per scale transition i = 1, 2, ...): t<i> threshold, d<i> dilation (odd), k<i> min_size in
-cells of the coarser focus map, s<i> box_score (detection-guided chips, runtime/params.py; "none": off);
-"t", "d", "k", "s" without a number are one axis that sets every transition to the same value. A parameter not given keeps the bundle's value. Default grid: t1 in {0.01, 0.02, 0.05, 0.1}, t2 in {0.1, 0.2, 0.3, 0.5},
+cells of the coarser focus map, s<i> box_score (detection-guided chips, runtime/params.py; "none": off),
+m<i> box_max (the largest box those paint, original px; "none": the finer scale's valid range);
+"t", "d", "k", "s", "m" without a number are one axis that sets every transition to the same value. A parameter not given keeps the bundle's value. Default grid: t1 in {0.01, 0.02, 0.05, 0.1}, t2 in {0.1, 0.2, 0.3, 0.5},
 d in {1, 3}: 32 settings.
 
 Each point: pixels = the network-input pixels (real, not padded) AutoFocus runs over the whole set,
@@ -43,7 +44,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/sweep.py`: the checko
 from benchmarks import common
 
 DEFAULT_GRID = "t1=0.01,0.02,0.05,0.1;t2=0.1,0.2,0.3,0.5;d=1,3"
-KEYS = {"t": "threshold", "d": "dilation", "k": "min_size", "s": "box_score"}
+KEYS = {"t": "threshold", "d": "dilation", "k": "min_size", "s": "box_score", "m": "box_max"}
 
 
 # ------------------------------------------------------------------------------------ Pareto / budget
@@ -114,7 +115,7 @@ def parse_grid(text: str, transitions: int) -> dict:
         name, _, values = part.partition("=")
         name = name.strip()
         if not values or not name or name[0] not in KEYS or not (name[1:] == "" or name[1:].isdigit()):
-            raise ValueError(f"grid: expected entries like t1=0.01,0.02 (keys t, d, k, s with an optional "
+            raise ValueError(f"grid: expected entries like t1=0.01,0.02 (keys t, d, k, s, m with an optional "
                              f"transition number), got {part!r}")
         which = tuple(range(transitions)) if name[1:] == "" else (int(name[1:]) - 1,)
         if not all(0 <= w < transitions for w in which):
@@ -124,7 +125,8 @@ def parse_grid(text: str, transitions: int) -> dict:
         try:
             parsed = [_grid_value(kind, v.strip()) for v in values.split(",") if v.strip()]
         except ValueError:
-            what = {"threshold": "numbers", "box_score": "numbers or none"}.get(kind, "integers")
+            what = {"threshold": "numbers", "box_score": "numbers or none",
+                    "box_max": "numbers or none"}.get(kind, "integers")
             raise ValueError(f"grid: {name}: expected comma-separated {what}, got {values!r}") from None
         if not parsed:
             raise ValueError(f"grid: {name}: no values")
@@ -136,7 +138,7 @@ def parse_grid(text: str, transitions: int) -> dict:
 
 
 def _grid_value(kind: str, text: str):
-    if kind == "box_score":
+    if kind in ("box_score", "box_max"):
         return None if text.lower() == "none" else float(text)
     return float(text) if kind == "threshold" else int(text)
 
@@ -189,6 +191,7 @@ def format_breakdown(rows: list) -> str:
 def label(params: list[dict]) -> str:
     return " ".join(f"t{i + 1}={p['threshold']:g} d{i + 1}={p['dilation']} k{i + 1}={p['min_size']}"
                     + (f" s{i + 1}={p['box_score']:g}" if p.get("box_score") is not None else "")
+                    + (f" m{i + 1}={p['box_max']:g}" if p.get("box_max") is not None else "")
                     for i, p in enumerate(params))
 
 

@@ -153,6 +153,14 @@ def paint_detections(ctx: Context, probs: torch.Tensor, dets: ScaleDetections, d
     return ops.paint_boxes(probs.contiguous(), local, det_input, ctx.bundle.strides["focus"], keep)
 
 
+def paint_range(ctx: Context, chip_params: dict, scale_index: int) -> tuple:
+    """The sizes paint_detections paints at the transition from scale_index: the finer scale's valid
+    range, its upper bound lowered to chip_params["box_max"] when that is set."""
+    lo, hi = ctx.params.valid_ranges[scale_index + 1]
+    cap = chip_params.get("box_max")
+    return (lo, hi if cap is None else min(hi, cap))
+
+
 def focus_chips_batch(ctx: Context, probs: torch.Tensor, regions: list[Region], idx: list[int],
                       batch: BatchRegions, chip_params: dict):
     """FocusChips (Algorithm 1) of every input of the batch (probs: its (B, H, W) focus maps) ->
@@ -213,7 +221,7 @@ def run_scale(ctx: Context, regions: list[Region], scale_index: int, chip_params
                 probs = out["focus"][:, ctx.params.focus_channels[scale_index]]
                 if chip_params["box_score"] is not None:  # (paint_boxes returns a new array)
                     probs = paint_detections(ctx, probs, dets, det_input, batch_regions, chip_params["box_score"],
-                                             ctx.params.valid_ranges[scale_index + 1])
+                                             paint_range(ctx, chip_params, scale_index))
                 else:  # kept past the next infer, which may overwrite the backend's outputs (backends: ownership)
                     probs = probs.clone()
                 maps.append((probs, idx, batch_regions))

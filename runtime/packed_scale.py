@@ -8,7 +8,7 @@ import torch
 from . import ops, packing
 from .batching import BatchRegions
 from .cascade import (Context, Region, ScaleDetections, concat, crop_batch, next_scale_chips,
-                      paint_detections)
+                      paint_detections, paint_range)
 
 
 def run_scale_packed(ctx: Context, regions: list[Region], scale_index: int, chip_params=None):
@@ -78,7 +78,7 @@ def run_scale_packed(ctx: Context, regions: list[Region], scale_index: int, chip
                     probs = focus[where_t[:, 0].long()[:, None, None], ys[:, :, None], xs[:, None, :]]
                     if chip_params["box_score"] is not None:
                         probs = paint_detections(ctx, probs, dets, owner, placed, chip_params["box_score"],
-                                                 ctx.params.valid_ranges[scale_index + 1])
+                                                 paint_range(ctx, chip_params, scale_index))
                     maps.append((probs, list(rows), placed))
     if chip_params is None:
         return concat(ctx, parts), None

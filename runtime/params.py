@@ -5,11 +5,15 @@ Names are the bundle.json keys (docs/design.md: one name everywhere), plus the e
 packing, canvas_gutter):
     scales          [[min_side, max_side], ...] per scale
     valid_ranges    [[lo, hi], ...] per scale, sqrt(box area) in original pixels; hi None/inf = no bound
-    chip_params     [{threshold, dilation, min_size[, box_score]}, ...] per transition (len(scales) - 1);
+    chip_params     [{threshold, dilation, min_size[, box_score, box_max]}, ...] per transition
+                    (len(scales) - 1);
                     box_score (optional, None = off, the paper's Algorithm 1): the coarser scale's own
                     detections with a score >= box_score and a size inside the finer scale's valid range
                     set the focus map's cells under their boxes to 1 before Algorithm 1, so the finer scale
-                    also looks again at the objects it is valid for that the coarser one already found
+                    also looks again at the objects it is valid for that the coarser one already found;
+                    box_max (optional, None = the finer scale's upper bound): painted boxes are at most
+                    this sqrt(area), original px (large objects the coarser scale keeps anyway cost the
+                    finer scale their whole area for a second look)
     decode          {score_threshold, max_candidates}
     soft_nms        {method, sigma, iou_threshold, score_threshold, class_aware}
     max_detections  detections kept per image after Soft-NMS
@@ -73,7 +77,7 @@ DECODE_KEYS = ("score_threshold", "max_candidates")
 SOFT_NMS_KEYS = ("method", "sigma", "iou_threshold", "score_threshold", "class_aware")
 SOFT_NMS_METHODS = ("gaussian", "linear", "hard")
 CHIP_KEYS = ("threshold", "dilation", "min_size")
-CHIP_OPTIONAL_KEYS = ("box_score",)
+CHIP_OPTIONAL_KEYS = ("box_score", "box_max")
 NAMES = ("scales", "valid_ranges", "chip_params", "decode", "soft_nms", "max_detections", "scale",
          "padding", "merge_chips", "align_chips", "keep_uncovered", "chips_on_host", "padded_decode", "max_batch",
          "packing", "canvas_gutter", "focus_head")
@@ -255,8 +259,14 @@ def _chip_params(value, i: int) -> dict:
         box_score = _number(box_score, f"{name} box_score", 0)
         if box_score > 1:
             raise ValueError(f"{name} box_score: expected a score in [0, 1] or None, got {box_score}")
+    box_max = value.get("box_max")
+    if box_max is not None:
+        box_max = _number(box_max, f"{name} box_max", 0)
+        if box_max <= 0:
+            raise ValueError(f"{name} box_max: expected a side in original pixels > 0 or None, got {box_max}")
     return {"threshold": _number(value["threshold"], f"{name} threshold"), "dilation": dilation,
-            "min_size": _int(value["min_size"], f"{name} min_size", 1), "box_score": box_score}
+            "min_size": _int(value["min_size"], f"{name} min_size", 1), "box_score": box_score,
+            "box_max": box_max}
 
 
 def _decode(value: dict) -> dict:

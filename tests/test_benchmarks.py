@@ -242,7 +242,10 @@ def test_grid_parsing():
     guided = sweep.grid_settings(sweep.parse_grid("s2=none,0.5", 2), base)
     assert [s[1].get("box_score") for s in guided] == [None, 0.5]
     assert sweep.label(guided[1]).endswith("k2=4 s2=0.5") and "s2" not in sweep.label(guided[0])
-    for bad in ("x1=1", "t3=0.1", "t1=", "d1=a", "t1=0.1;=3", "d=1,3;d2=5", "s2=high"):
+    assert sweep.parse_grid("m1=130,none", 2) == {((0,), "box_max"): [130.0, None]}
+    capped = sweep.grid_settings(sweep.parse_grid("m1=130", 2), base)
+    assert capped[0][0]["box_max"] == 130.0 and " m1=130 " in sweep.label(capped[0])
+    for bad in ("x1=1", "t3=0.1", "t1=", "d1=a", "t1=0.1;=3", "d=1,3;d2=5", "s2=high", "m1=big"):
         with pytest.raises(ValueError, match="grid"):
             sweep.parse_grid(bad, 2)
 

@@ -463,6 +463,31 @@ def test_paint_detections_selects_by_score_and_the_finer_scales_range(bundle):
     assert out[0, 1:4, 1:4].all() and out[1, 0, 0:2].all() and out.sum() == 9 + 4 + 2
 
 
+def test_box_max_caps_the_sizes_painted(bundle, engine):
+    """paint_range: the finer scale's valid range, its upper bound lowered to box_max (never raised)."""
+    ctx = _context(bundle, [(400, 500)])
+    lo, hi = ctx.params.valid_ranges[1]
+    assert cascade.paint_range(ctx, {"box_max": None}, 0) == (lo, hi)
+    assert cascade.paint_range(ctx, {"box_max": 60.0}, 0) == (lo, 60.0)
+    assert cascade.paint_range(ctx, {"box_max": hi + 100}, 0) == (lo, hi)
+    assert cascade.paint_range(ctx, {"box_max": 20.0}, 1) == (ctx.params.valid_ranges[2][0], 20.0)
+    # In the engine, with no FocusPixel above the threshold: painted boxes alone make scale 2's chips; a
+    # cap below the range's low end paints none of them, and one inside the range fewer, each a box's chip.
+    image = val_images(1)[0][0]
+    none = [{"threshold": 1.0, "box_score": 0.0}, {"threshold": 1.01}]
+    painted = engine(image, chip_params=none)
+    assert len(painted.chips[1]) > 0
+    capped_out = engine(image, chip_params=[dict(none[0], box_max=lo / 2), none[1]])
+    assert len(capped_out.chips[1]) == 0
+    area = lambda c: float(((c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])).sum())  # noqa: E731
+    capped = engine(image, chip_params=[dict(none[0], box_max=(lo + hi) / 2), none[1]])
+    assert area(capped.chips[1]) < area(painted.chips[1])
+    with pytest.raises(ValueError, match=r"chip_params\[0\] box_max"):
+        engine(image, chip_params=[{"box_max": 0}, {}])
+    with pytest.raises(TypeError, match=r"chip_params\[0\] box_max"):
+        engine(image, chip_params=[{"box_max": "big"}, {}])
+
+
 def test_box_score_is_checked(engine):
     image = val_images(1)[0][0]
     with pytest.raises(ValueError, match=r"chip_params\[1\] box_score"):
