@@ -7,8 +7,9 @@ parameters, with the Pareto front and the best setting for a pixel budget.
 Grid keys (per scale transition i = 1, 2, ...): t<i> threshold, d<i> dilation (odd), k<i> min_size in
 cells of the coarser focus map, s<i> box_score (detection-guided chips, runtime/params.py; "none": off),
 m<i> box_max (the largest box those paint, original px; "none": the finer scale's valid range);
-"t", "d", "k", "s", "m" without a number are one axis that sets every transition to the same value. A parameter not given keeps the bundle's value. Default grid: t1 in {0.01, 0.02, 0.05, 0.1}, t2 in {0.1, 0.2, 0.3, 0.5},
-d in {1, 3}: 32 settings.
+"t", "d", "k", "s", "m" without a number are one axis that sets every transition to the same value. A
+parameter not given keeps the bundle's value. Default grid: t1 in {0.01, 0.02, 0.05, 0.1}, t2 in {0.1, 0.2,
+0.3, 0.5}, d in {1, 3}: 32 settings.
 
 Each point: pixels = the network-input pixels (real, not padded) AutoFocus runs over the whole set,
 as a fraction of sniper's (the whole image at every scale); AP etc. from pycocotools. The reference
