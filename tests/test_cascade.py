@@ -474,7 +474,7 @@ def test_box_max_caps_the_sizes_painted(bundle, engine):
     # In the engine, with no FocusPixel above the threshold: painted boxes alone make scale 2's chips; a
     # cap below the range's low end paints none of them, and one inside the range fewer, each a box's chip.
     image = val_images(1)[0][0]
-    none = [{"threshold": 1.0, "box_score": 0.0}, {"threshold": 1.01}]
+    none = [{"threshold": 1.0, "box_score": 0.0, "box_max": None}, {"threshold": 1.01}]  # (the bundle's cap off)
     painted = engine(image, chip_params=none)
     assert len(painted.chips[1]) > 0
     capped_out = engine(image, chip_params=[dict(none[0], box_max=lo / 2), none[1]])
