@@ -221,7 +221,11 @@ class AutoFocusNet(nn.Module):
         if export is None:
             export = self.export_mode
         if not export:
-            return {"cls_logits": cls_logits, "ltrb": ltrb, "focus_logits": focus_logits}
+            out = {"cls_logits": cls_logits, "ltrb": ltrb, "focus_logits": focus_logits}
+            if len(self.transition_heads):  # {transition k: its own head's logits}, for model.train
+                out["transition_logits"] = {k: self.transition_head(k)(focus_feats)
+                                            for k, spec in enumerate(self.transition_specs) if spec is not None}
+            return out
         scores = torch.sigmoid(cls_logits)
         peaks = F.max_pool2d(scores, 3, stride=1, padding=1)
         scores = scores * (scores >= peaks).to(scores.dtype)

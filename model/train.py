@@ -44,7 +44,7 @@ from model.config import load_config
 from model.data import check_same_classes, read_image
 from model.evaluate import coco_eval, metrics_of
 from model.focus_loss import object_cells, object_loss
-from model.labels import detection_targets, focus_labels, focus_positive_spans, valid_range_mask
+from model.labels import detection_targets, focus_labels, focus_positive_spans, transition_bounds, valid_range_mask
 from model.network import AutoFocusNet, build_model
 
 # ----------------------------------------------------------------------------- data
@@ -131,18 +131,44 @@ def chip_targets(coco, chip: Chip, config: dict, flip: bool = False) -> dict:
                             (size, size), config["network"]["det_stride"], config["targets"]["alpha"],
                             config["targets"]["beta"])
     det["focus_labels"] = focus
-    if config["loss"].get("focus_loss") == "objects":  # each positive object's cells, for object_loss
+    objects = config["loss"].get("focus_loss") == "objects"
+    if objects:  # each positive object's cells, for object_loss
         det["focus_objects"] = focus_positive_spans(cb, (size, size), config["network"]["focus_stride"],
                                                     fl["a"], fl["b"])
+    if fl.get("transitions"):
+        det.update(transition_targets(cb, chip, config, objects))
     return det
 
 
+def transition_targets(cb: np.ndarray, chip: Chip, config: dict, objects: bool) -> dict:
+    """Per-transition focus heads (issue 21; config "focus_labels" "transitions", as model.focus_refit
+    attaches them): a chip of scale s trains transition s's own head, labelled for the finer scale it feeds
+    (model.labels.transition_bounds at the chip's factor). "transition_index" is s, or -1 (labels all
+    ignored) where scale s has no head of its own (the last scale, or a null entry)."""
+    fl, stride, size = config["focus_labels"], config["network"]["focus_stride"], chip.size
+    heads = fl["transitions"]
+    spec = heads[chip.scale_index] if chip.scale_index < len(heads) else None
+    if spec is None:
+        cells = -(-size // stride)
+        out = {"transition_labels": np.full((cells, cells), -1, np.int64), "transition_index": np.array(-1)}
+        spans = np.zeros((0, 4), np.int64)
+    else:
+        a, b, c = transition_bounds(spec["b_original"], chip.factor, fl["a"], fl["b"], fl["c"])
+        out = {"transition_labels": focus_labels(cb, (size, size), stride, a, b, c),
+               "transition_index": np.array(chip.scale_index)}
+        spans = focus_positive_spans(cb, (size, size), stride, a, b)
+    if objects:
+        out["transition_objects"] = spans
+    return out
+
+
 def collate(batch):
-    """Stacks the chips; "focus_objects" (a varying number of rows per chip) is padded with -1 rows."""
+    """Stacks the chips; "focus_objects" and "transition_objects" (a varying number of rows per chip) are
+    padded with -1 rows."""
     images = torch.stack([b[0] for b in batch])
     targets = {}
     for k in batch[0][1]:
-        if k == "focus_objects":
+        if k.endswith("_objects"):
             rows = max(max(len(b[1][k]) for b in batch), 1)
             targets[k] = torch.stack([F.pad(b[1][k], (0, 0, 0, rows - len(b[1][k])), value=-1) for b in batch])
         else:
@@ -217,18 +243,34 @@ def compute_losses(outputs: dict, targets: dict, config: dict) -> dict:
     else:
         box_loss = outputs["ltrb"].sum() * 0.0
 
-    fl = targets["focus_labels"]
     if "focus_logits" not in outputs:  # a detector trained without a focus head (refit one later)
         focus_loss = torch.zeros((), device=logits.device)
-    elif "focus_objects" in targets:
-        focus_loss = object_loss(outputs["focus_logits"], fl, object_cells(batch_objects(targets["focus_objects"])),
-                                 torch.arange(len(fl)))
-    elif (fl >= 0).any():
-        focus_loss = F.cross_entropy(outputs["focus_logits"], fl, ignore_index=-1)
     else:
-        focus_loss = outputs["focus_logits"].sum() * 0.0
+        focus_loss = focus_map_loss(outputs["focus_logits"], targets["focus_labels"], targets.get("focus_objects"))
     total = lw["heatmap_weight"] * heatmap_loss + lw["giou_weight"] * box_loss + lw["focus_weight"] * focus_loss
-    return {"loss": total, "heatmap": heatmap_loss, "giou": box_loss, "focus": focus_loss}
+    losses = {"heatmap": heatmap_loss, "giou": box_loss, "focus": focus_loss}
+    if "transition_logits" in outputs and "transition_labels" in targets:
+        # Each transition's own head on the chips of its coarse scale, weighted as the paper's head.
+        transition_loss = focus_loss * 0.0
+        for k, head_logits in outputs["transition_logits"].items():
+            chips = targets["transition_index"] == k
+            if chips.any():
+                spans = targets["transition_objects"][chips] if "transition_objects" in targets else None
+                transition_loss = transition_loss + focus_map_loss(head_logits[chips],
+                                                                   targets["transition_labels"][chips], spans)
+        total = total + lw["focus_weight"] * transition_loss
+        losses["transition"] = transition_loss
+    return {"loss": total, **losses}
+
+
+def focus_map_loss(logits: torch.Tensor, labels: torch.Tensor, spans: torch.Tensor | None) -> torch.Tensor:
+    """A focus head's loss on a batch of chips: object_loss where the chips carry their objects' spans
+    (loss focus_loss "objects"), else the cross-entropy of the labelled cells."""
+    if spans is not None:
+        return object_loss(logits, labels, object_cells(batch_objects(spans)), torch.arange(len(labels)))
+    if (labels >= 0).any():
+        return F.cross_entropy(logits, labels, ignore_index=-1)
+    return logits.sum() * 0.0
 
 
 # ----------------------------------------------------------------------------- inference helpers

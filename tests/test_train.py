@@ -187,6 +187,22 @@ def test_flipped_chip_targets_mirror_the_unflipped_ones(tiny_split):
                                    np.unique(wb[b["reg_weight"] > 0].round(2)), atol=0.011)
 
 
+def _best_cell_terms(train_set, chip, p: np.ndarray, a: float, b: float) -> list:
+    """-log p at the best cell of each box of the chip with a < sqrt(area) < b (chip px, float64), over the
+    32 x 32 stride-16 cells it overlaps: the objects loss's positive terms, computed independently."""
+    image_id = train_set.images[chip.image_index]["id"]
+    boxes = train_set.boxes[image_id].astype(np.float64) * chip.factor - [chip.x0, chip.y0, chip.x0, chip.y0]
+    terms = []
+    for x1, y1, x2, y2 in boxes:
+        if not a < np.sqrt((x2 - x1) * (y2 - y1)) < b:
+            continue
+        cols = [j for j in range(32) if j * 16 < x2 and (j + 1) * 16 > x1]
+        rows = [j for j in range(32) if j * 16 < y2 and (j + 1) * 16 > y1]
+        if rows and cols:
+            terms.append(-np.log(p[np.ix_(rows, cols)].max()))
+    return terms
+
+
 def test_objects_focus_loss_from_chips_matches_numpy(tiny_split):
     """focus_loss "objects": every FocusPixel-positive box of each chip (sized as the labels size it) gets
     -log p at its best cell, over the batch's boxes, plus the mean -log(1 - p) of the negative cells; a
@@ -211,15 +227,7 @@ def test_objects_focus_loss_from_chips_matches_numpy(tiny_split):
     a, b = config["focus_labels"]["a"], config["focus_labels"]["b"]
     best, negatives = [], []
     for i, chip in enumerate(chips):
-        image_id = train_set.images[chip.image_index]["id"]
-        boxes = train_set.boxes[image_id].astype(np.float64) * chip.factor - [chip.x0, chip.y0, chip.x0, chip.y0]
-        for x1, y1, x2, y2 in boxes:
-            if not a < np.sqrt((x2 - x1) * (y2 - y1)) < b:
-                continue
-            cols = [j for j in range(32) if j * 16 < x2 and (j + 1) * 16 > x1]
-            rows = [j for j in range(32) if j * 16 < y2 and (j + 1) * 16 > y1]
-            if rows and cols:
-                best.append(-np.log(p[i][np.ix_(rows, cols)].max()))
+        best += _best_cell_terms(train_set, chip, p[i], a, b)
         negatives.append(-np.log(1.0 - p[i][items[i]["focus_labels"] == 0]))
     assert len(best) == sum(counts)
     want = np.mean(best) + np.mean(np.concatenate(negatives))
@@ -235,3 +243,76 @@ def test_training_with_objects_focus_loss_runs_and_rejects_unknown_losses(tiny_s
     assert len(focus) == 4 and all(np.isfinite(focus)) and max(focus) > 0
     with pytest.raises(ValueError, match="focus_loss"):
         load_config(overrides={"loss": {"focus_loss": "cell"}})
+
+
+def _transition_config():
+    config = tiny_config(max_steps=4)
+    config["loss"]["focus_loss"] = "objects"
+    config["focus_labels"]["transitions"] = [{"b_original": 40.0}, {"b_original": 75.0}]
+    return config
+
+
+def test_transition_heads_loss_from_chips_matches_numpy(tiny_split):
+    """Per-transition heads (issue 21): a chip of scale s is labelled for transition s's own head (objects with
+    a < sqrt(area) < b_original x factor, in chip px) and only that head's loss sees it; chips of the last scale
+    train none. Each head's loss against a float64 NumPy computation from the chips' scaled boxes."""
+    train_set, _ = tiny_split
+    config = _transition_config()
+    chips = build_positive_chips(train_set, config)
+    by_scale = {s: [c for c in chips if c.scale_index == s][:2] for s in range(3)}
+    assert all(by_scale.values()), "the test needs chips of every scale"
+    chips = [c for s in range(3) for c in by_scale[s]]
+    items = [chip_targets(train_set, chip, config) for chip in chips]
+    for chip, t in zip(chips, items):
+        assert int(t["transition_index"]) == (chip.scale_index if chip.scale_index < 2 else -1)
+        if chip.scale_index == 2:
+            assert (t["transition_labels"] == -1).all() and len(t["transition_objects"]) == 0
+    images = torch.zeros(len(items), 3, 8, 8)
+    _, targets = collate([(img, {k: torch.from_numpy(v) for k, v in t.items()}) for img, t in zip(images, items)])
+    rng = np.random.default_rng(1)
+    logits = {k: rng.normal(size=(len(items), 2, 32, 32)) for k in (0, 1)}
+    outputs = {"cls_logits": torch.zeros_like(targets["heatmap"]), "ltrb": torch.zeros(len(items), 4, 64, 64),
+               "focus_logits": torch.zeros(len(items), 2, 32, 32),
+               "transition_logits": {k: torch.from_numpy(v) for k, v in logits.items()}}
+    got = compute_losses(outputs, targets, config)["transition"].item()
+
+    a = config["focus_labels"]["a"]
+    want = 0.0
+    for k in (0, 1):
+        p = 1.0 / (1.0 + np.exp(-(logits[k][:, 1] - logits[k][:, 0])))
+        best, negatives = [], []
+        for i, chip in enumerate(chips):
+            if chip.scale_index != k:
+                continue
+            b = config["focus_labels"]["transitions"][k]["b_original"] * chip.factor
+            terms = _best_cell_terms(train_set, chip, p[i], a, b)
+            assert len(terms) == len(items[i]["transition_objects"])
+            best += terms
+            negatives.append(-np.log(1.0 - p[i][items[i]["transition_labels"] == 0]))
+        want += (np.mean(best) if best else 0.0) + np.mean(np.concatenate(negatives))
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_training_with_transition_heads_trains_them(tiny_split, tmp_path):
+    """model.train with a config that has transition heads (as model.focus_refit --transition-heads writes
+    it) trains them with the trunk: their loss is logged and reaches both, and the checkpoint carries them."""
+    train_set, val_set = tiny_split
+    config = _transition_config()
+    config["network"]["transition_heads"] = [{"width": 8, "dilations": [1, 2], "reduce": True},
+                                             {"width": 8, "dilations": [1], "reduce": True}]
+    torch.manual_seed(0)
+    summary = train(config, tmp_path, train_set=train_set, val_set=val_set, progress_bar=False)
+    losses = [h["transition"] for h in summary["history"] if "transition" in h]
+    assert len(losses) == 4 and all(np.isfinite(losses)) and max(losses) > 0
+    model, _ = load_model(tmp_path / "final.pt")
+    assert len(model.transition_heads) == 2
+    # The transition loss alone has gradients in the heads and in the trunk (joint training, not a refit).
+    positives = build_positive_chips(train_set, config)
+    chips = [c for s in (0, 1) for c in [c for c in positives if c.scale_index == s][:2]]
+    items = [chip_targets(train_set, chip, config) for chip in chips]
+    _, targets = collate([(torch.zeros(1), {k: torch.from_numpy(v) for k, v in t.items()}) for t in items])
+    model.train()
+    model.zero_grad()
+    compute_losses(model(torch.rand(len(items), 3, 512, 512), export=False), targets, config)["transition"].backward()
+    for module in (model.transition_heads[0], model.transition_heads[1], model.backbone):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), module
