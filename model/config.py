@@ -62,6 +62,14 @@ def validate_config(config: dict) -> None:
     fl = config["focus_labels"]
     if not 0 <= fl["a"] <= fl["b"] <= fl["c"]:
         raise ValueError(f"config: focus_labels expects 0 <= a <= b <= c, got {fl}")
+    # Per-transition focus heads (issue 21): one entry per transition in both, null where a transition reads the
+    # paper's head; a head without labels would train on nothing, labels without a head label nothing.
+    heads, labels = config["network"]["transition_heads"], fl["transitions"]
+    if (heads or labels) and [h is None for h in heads] != [t is None for t in labels]:
+        raise ValueError(f"config: network.transition_heads and focus_labels.transitions must name the same "
+                         f"transitions (null where the paper's head serves), got {heads} and {labels}")
+    if any(t is not None and not (isinstance(t, dict) and t.get("b_original", 0) > 0) for t in labels):
+        raise ValueError(f"config: focus_labels.transitions entries are null or {{\"b_original\": px > 0}}, got {labels}")
     if config["loss"]["focus_loss"] not in FOCUS_LOSSES:
         raise ValueError(f"config: loss.focus_loss must be one of {FOCUS_LOSSES}, got {config['loss']['focus_loss']!r}")
     if config["optim"]["optimizer"] not in ("adamw", "sgd"):

@@ -316,3 +316,16 @@ def test_training_with_transition_heads_trains_them(tiny_split, tmp_path):
     compute_losses(model(torch.rand(len(items), 3, 512, 512), export=False), targets, config)["transition"].backward()
     for module in (model.transition_heads[0], model.transition_heads[1], model.backbone):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), module
+
+
+def test_config_transition_heads_and_labels_must_agree():
+    heads = [{"width": 8, "dilations": [1, 2], "reduce": True}, None]
+    config = load_config(overrides={"network": {"transition_heads": heads},
+                                    "focus_labels": {"transitions": [{"b_original": 75.0}, None]}})
+    assert config["network"]["transition_heads"] == heads
+    assert load_config()["network"]["transition_heads"] == [] and load_config()["focus_labels"]["transitions"] == []
+    with pytest.raises(ValueError, match="must name the same transitions"):
+        load_config(overrides={"network": {"transition_heads": heads},
+                               "focus_labels": {"transitions": [None, {"b_original": 75.0}]}})
+    with pytest.raises(ValueError, match="b_original"):
+        load_config(overrides={"network": {"transition_heads": heads}, "focus_labels": {"transitions": [{"b": 3}, None]}})
