@@ -355,9 +355,9 @@ def main(argv=None) -> int:
     print(format_points(points if args.all else collapse_ties(front, marks), marks))
     if args.budget is not None:
         if best is None:
-            cheapest = min(p["pixels_ratio"] for p in points)
+            fewest = min(p["pixels_ratio"] for p in points)
             print(f"\nno setting fits a budget of {args.budget:g} x sniper's pixels (the cheapest runs "
-                  f"{cheapest:.3f})")
+                  f"{fewest:.3f})")
         else:
             print(f"\nbest within {args.budget:g} x sniper's pixels: {best['label']} "
                   f"(pixels {best['pixels_ratio']:.3f}, AP {best['AP']:.1f}; chip_params={json.dumps(best['chip_params'])})")
@@ -378,9 +378,6 @@ def main(argv=None) -> int:
                    else "they DIFFER: the cascade with every transition open should run sniper's inputs; please report it")
         print(f"all open: AP {all_open['AP']:.2f}, pixels {all_open['pixels_ratio']:.3f} x sniper's; sniper: AP "
               f"{sniper_ap:.2f}: {verdict}")
-    if args.png:
-        plot(result, front, args.png, args.budget, best, default_name, cheapest, args.max_loss)
-        print(f"plot written to {args.png}")
     if args.json:
         record = {"bundle": str(engine.bundle.folder), "annotations": str(eval_set.coco.annotations_path),
                   "images": len(eval_set.infos), "backend": engine.backend_name, "device": engine.device,
@@ -390,6 +387,9 @@ def main(argv=None) -> int:
                   "cheapest_within_loss": cheapest["name"] if cheapest else None, "bundle_setting": default_name,
                   "breakdown": rows}
         common.write_json(args.json, record)
+    if args.png:  # after the record: a plotting failure must not lose the measured points
+        plot(result, front, args.png, args.budget, best, default_name, cheapest, args.max_loss)
+        print(f"plot written to {args.png}")
     return 0
 
 

@@ -273,6 +273,15 @@ def test_sweep_main_outputs(tiny, tmp_path, capsys):
     # t1 = 0.99 leaves (almost surely) fewer scale-2 chips than 0.02: never more pixels.
     a, b = record["points"]
     assert b["pixels"] <= a["pixels"]
+    # A budget nothing fits, without --max-loss: said so, and the plot and the record are still written.
+    png.unlink()
+    out.unlink()
+    assert sweep.main(["--bundle", bundle, "--annotations", annotations, "--grid", "t1=0.99;t2=0.2",
+                       "--budget", "0.0001", "--png", str(png), "--json", str(out), "--no-progress"]) == 0
+    assert "no setting fits a budget of 0.0001" in capsys.readouterr().out
+    assert cv2.imread(str(png)) is not None
+    record = json.loads(out.read_text())
+    assert record["best_within_budget"] is None and record["cheapest_within_loss"] is None
     assert sweep.main(["--bundle", bundle, "--annotations", annotations, "--grid", "d1=2"]) == 2
     assert "dilation" in capsys.readouterr().err
 
