@@ -32,7 +32,8 @@ HOST_READS = {"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float_
 # network calls, which test_engine and fps count, not the chips).
 POLICIES = {"cuda": {"padding": "shared", "max_batch": 16, "packing": "canvas"},
             "cpu": {"padding": "divisor", "packing": "none", "max_batch": 64}}
-# The shipped thresholds with dilation 1 and min_size 3 cells at scale 1 (not 3 and 8): a larger chip there
+# Thresholds in the shipped model's range (its defaults, model/configs/default.json, are t1 0.8 and t2 0.99),
+# with dilation 1 and min_size 3 cells at scale 1 (not 3 and 7): a larger chip there
 # spans the scene's object spacing, neighbouring chips overlap and merge_chips joins them into rows. Each
 # copy must give a chip of the same shape (the scenes test checks it): at scale-1 threshold 0.2 the shipped
 # map lights a region around a copy whose size depends on where it falls on the stride grid, and chips of
