@@ -6,8 +6,9 @@ parameters, with the Pareto front and the best setting for a pixel budget.
 
 Grid keys (per scale transition i = 1, 2, ...): t<i> threshold, d<i> dilation (odd), k<i> min_size in
 cells of the coarser focus map, s<i> box_score (detection-guided chips, runtime/params.py; "none": off),
-m<i> box_max (the largest box those paint, original px; "none": the finer scale's valid range);
-"t", "d", "k", "s", "m" without a number are one axis that sets every transition to the same value. A
+m<i> box_max (the largest box those paint, original px; "none": the finer scale's valid range),
+r<i> merge (Algorithm 1's step 5: touching or cheaper, runtime/ops/maps.py focus_chips);
+"t", "d", "k", "s", "m", "r" without a number are one axis that sets every transition to the same value. A
 parameter not given keeps the bundle's value. Default grid: t1 in {0.01, 0.02, 0.05, 0.1}, t2 in {0.1, 0.2,
 0.3, 0.5}, d in {1, 3}: 32 settings.
 
@@ -43,9 +44,10 @@ if __package__ in (None, ""):  # run as `python benchmarks/sweep.py`: the checko
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common
+from runtime.ops.maps import MERGE_RULES
 
 DEFAULT_GRID = "t1=0.01,0.02,0.05,0.1;t2=0.1,0.2,0.3,0.5;d=1,3"
-KEYS = {"t": "threshold", "d": "dilation", "k": "min_size", "s": "box_score", "m": "box_max"}
+KEYS = {"t": "threshold", "d": "dilation", "k": "min_size", "s": "box_score", "m": "box_max", "r": "merge"}
 
 
 # ------------------------------------------------------------------------------------ Pareto / budget
@@ -116,7 +118,7 @@ def parse_grid(text: str, transitions: int) -> dict:
         name, _, values = part.partition("=")
         name = name.strip()
         if not values or not name or name[0] not in KEYS or not (name[1:] == "" or name[1:].isdigit()):
-            raise ValueError(f"grid: expected entries like t1=0.01,0.02 (keys t, d, k, s, m with an optional "
+            raise ValueError(f"grid: expected entries like t1=0.01,0.02 (keys t, d, k, s, m, r with an optional "
                              f"transition number), got {part!r}")
         which = tuple(range(transitions)) if name[1:] == "" else (int(name[1:]) - 1,)
         if not all(0 <= w < transitions for w in which):
@@ -126,8 +128,8 @@ def parse_grid(text: str, transitions: int) -> dict:
         try:
             parsed = [_grid_value(kind, v.strip()) for v in values.split(",") if v.strip()]
         except ValueError:
-            what = {"threshold": "numbers", "box_score": "numbers or none",
-                    "box_max": "numbers or none"}.get(kind, "integers")
+            what = {"threshold": "numbers", "box_score": "numbers or none", "box_max": "numbers or none",
+                    "merge": f"rules ({', '.join(MERGE_RULES)})"}.get(kind, "integers")
             raise ValueError(f"grid: {name}: expected comma-separated {what}, got {values!r}") from None
         if not parsed:
             raise ValueError(f"grid: {name}: no values")
@@ -139,6 +141,10 @@ def parse_grid(text: str, transitions: int) -> dict:
 
 
 def _grid_value(kind: str, text: str):
+    if kind == "merge":
+        if text not in MERGE_RULES:
+            raise ValueError(text)
+        return text
     if kind in ("box_score", "box_max"):
         return None if text.lower() == "none" else float(text)
     return float(text) if kind == "threshold" else int(text)
@@ -193,6 +199,7 @@ def label(params: list[dict]) -> str:
     return " ".join(f"t{i + 1}={p['threshold']:g} d{i + 1}={p['dilation']} k{i + 1}={p['min_size']}"
                     + (f" s{i + 1}={p['box_score']:g}" if p.get("box_score") is not None else "")
                     + (f" m{i + 1}={p['box_max']:g}" if p.get("box_max") is not None else "")
+                    + (f" r{i + 1}={p['merge']}" if p.get("merge", "touching") != "touching" else "")
                     for i, p in enumerate(params))
 
 
@@ -307,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "sniper's pixels (e.g. 0.3)")
     p.add_argument("--max-loss", type=float, help="print the cheapest setting within this many AP points of "
                                                   "sniper (e.g. 0.5)")
-    p.add_argument("--png", default="docs/figures/sweep.png", help="plot file (default docs/figures/sweep.png)")
+    p.add_argument("--png", default=None,
+                   help="plot file (default: beside --json, with .png; without --json, sweep.png here; \"\": none). "
+                        "The README's figure is docs/figures/sweep.png")
     p.add_argument("--all", action="store_true", help="print every setting, not only the Pareto front")
     p.add_argument("--breakdown", action="store_true",
                    help="also run each transition opened alone and all open: the AP each transition costs")
@@ -387,9 +396,10 @@ def main(argv=None) -> int:
                   "cheapest_within_loss": cheapest["name"] if cheapest else None, "bundle_setting": default_name,
                   "breakdown": rows}
         common.write_json(args.json, record)
-    if args.png:  # after the record: a plotting failure must not lose the measured points
-        plot(result, front, args.png, args.budget, best, default_name, cheapest, args.max_loss)
-        print(f"plot written to {args.png}")
+    png = args.png if args.png is not None else (str(Path(args.json).with_suffix(".png")) if args.json else "sweep.png")
+    if png:  # after the record: a plotting failure must not lose the measured points
+        plot(result, front, png, args.budget, best, default_name, cheapest, args.max_loss)
+        print(f"plot written to {png}")
     return 0
 
 

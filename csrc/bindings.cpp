@@ -101,9 +101,10 @@ PYBIND11_MODULE(_C, m) {
     }, py::arg("mask"));
 
     // Returns (chips (M, 4) int32, batch_index (M,) int32, index of the first map holding NaN/inf or -1).
-    using FocusChipsFn = int32_t (*)(const float*, int, int, int, float, int, int, int32_t*);
+    using FocusChipsFn = int32_t (*)(const float*, int, int, int, float, int, int, int, int32_t*);
     const auto focus_chips_batched = [](FocusChipsFn focus_chips) {
-      return [focus_chips](f32_array probs, i32_array valid_hw, float threshold, int dilation, int min_size) {
+      return [focus_chips](f32_array probs, i32_array valid_hw, float threshold, int dilation, int min_size,
+                            int merge) {
         autofocus::check_arg(probs.ndim() == 3, "probs: expected 3 dimensions");
         autofocus::check_arg(valid_hw.ndim() == 2 && valid_hw.shape(0) == probs.shape(0) && valid_hw.shape(1) == 2,
                              "valid_hw: expected shape (batch, 2)");
@@ -122,7 +123,7 @@ PYBIND11_MODULE(_C, m) {
             autofocus::check_arg(h >= 0 && h <= height && w >= 0 && w <= width,
                                  "valid_hw: each (h, w) must lie within the map's (height, width)");
             const int32_t count = focus_chips(maps + static_cast<int64_t>(b) * height * width, h, w, width, threshold,
-                                              dilation, min_size, rects.data());
+                                              dilation, min_size, merge, rects.data());
             if (count < 0) {
               bad_map = b;
               break;
@@ -139,10 +140,10 @@ PYBIND11_MODULE(_C, m) {
       };
     };
     m.def("focus_chips_batched_cpu", focus_chips_batched(&autofocus::focus_chips_cpu), py::arg("probs"),
-          py::arg("valid_hw"), py::arg("threshold"), py::arg("dilation"), py::arg("min_size"));
+          py::arg("valid_hw"), py::arg("threshold"), py::arg("dilation"), py::arg("min_size"), py::arg("merge"));
     // The CUDA block kernel's algorithm run thread by thread on the CPU (tests only; same signature).
     m.def("focus_chips_block_cpu", focus_chips_batched(&autofocus::focus_chips_block_cpu), py::arg("probs"),
-          py::arg("valid_hw"), py::arg("threshold"), py::arg("dilation"), py::arg("min_size"));
+          py::arg("valid_hw"), py::arg("threshold"), py::arg("dilation"), py::arg("min_size"), py::arg("merge"));
 
     m.def("crop_resize_cpu", [make_norm](u8_array image, f32_array chips, f32_array scales, i32_array out_sizes,
                                          int out_height, int out_width, std::array<double, 3> mean,
@@ -186,14 +187,14 @@ PYBIND11_MODULE(_C, m) {
                                            reinterpret_cast<int32_t*>(count), stream);
     });
     m.def("focus_chips_batched_cuda", [](std::uintptr_t probs, std::uintptr_t valid_hw, int batch, int height,
-                                         int width, float threshold, int dilation, int min_size,
+                                         int width, float threshold, int dilation, int min_size, int merge,
                                          std::uintptr_t chips, std::uintptr_t batch_index, std::uintptr_t status,
                                          std::uintptr_t stream) {
       check_sizes({{"batch", batch}, {"height", height}, {"width", width}});
       autofocus::DeviceGuard guard({{"probs", probs}, {"valid_hw", valid_hw}, {"chips", chips}, {"batch_index", batch_index}, {"status", status}}, stream);
       autofocus::focus_chips_batched_cuda(reinterpret_cast<const float*>(probs),
                                           reinterpret_cast<const int32_t*>(valid_hw), batch, height, width,
-                                          threshold, dilation, min_size, reinterpret_cast<int32_t*>(chips),
+                                          threshold, dilation, min_size, merge, reinterpret_cast<int32_t*>(chips),
                                           reinterpret_cast<int32_t*>(batch_index),
                                           reinterpret_cast<int32_t*>(status), stream);
     });

@@ -255,9 +255,10 @@ def max_batch_per_bucket(buckets, max_batch: int, reference_px: int = 512 * 512)
 
 # ------------------------------------------------------------- realistic chips from ground-truth boxes
 
-def _focus_chips_cells(prob: np.ndarray, threshold: float, dilation: int, min_size: int) -> np.ndarray:
+def _focus_chips_cells(prob: np.ndarray, threshold: float, dilation: int, min_size: int,
+                       merge: str) -> np.ndarray:
     """Algorithm 1 in map cells: runtime.ops.focus_chips, the engine's own."""
-    return np.asarray(ops.focus_chips(prob.astype(np.float32), threshold, dilation, min_size))
+    return np.asarray(ops.focus_chips(prob.astype(np.float32), threshold, dilation, min_size, merge))
 
 
 def _paint_focus(boxes: np.ndarray, region, factor: float, map_hw) -> np.ndarray:
@@ -306,7 +307,8 @@ def cascade_input_sizes(image_hw, boxes, scales=DEFAULT_SCALES, chip_params=DEFA
             rh, rw = resized_size(region, factors[s - 1])
             map_hw = (math.ceil(rh / FOCUS_STRIDE), math.ceil(rw / FOCUS_STRIDE))
             prob = _paint_focus(boxes, region, factors[s - 1], map_hw)
-            cells = _focus_chips_cells(prob, params["threshold"], params["dilation"], params["min_size"])
+            cells = _focus_chips_cells(prob, params["threshold"], params["dilation"], params["min_size"],
+                                       params.get("merge", "touching"))
             for chip in _chip_regions(cells, region, factors[s - 1], (rh, rw), params["min_size"]):
                 size = resized_size(chip, factors[s])
                 if min(size) >= 1:  # (the cascade drops a chip that resizes to nothing)

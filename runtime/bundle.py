@@ -95,7 +95,7 @@ class Bundle:
     strides: dict = field(default_factory=lambda: {"detection": 8, "focus": 16})
     scales: list = _required()         # [[min_side, max_side], ...] coarse to fine
     valid_ranges: list = _required()   # per scale [lo, hi]: sqrt(box area) in original pixels; hi None: open
-    chip_params: list = _required()    # per transition {threshold, dilation, min_size[, box_score]}
+    chip_params: list = _required()    # per transition {threshold, dilation, min_size[, box_score, box_max, merge]}
     soft_nms: dict = _required()       # {method, sigma, iou_threshold, score_threshold}
     max_detections: int = _required()
     decode: dict = _required()         # {score_threshold, max_candidates}

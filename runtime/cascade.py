@@ -176,7 +176,7 @@ def focus_chips_batch(ctx: Context, probs: torch.Tensor, regions: list[Region], 
     on_host = not probs.is_cuda or ctx.params.chips_on_host
     maps = probs.cpu().numpy() if on_host else probs
     cells, b = ops.focus_chips_batched(np.ascontiguousarray(maps) if on_host else maps.contiguous(), valid,
-                                       chip_params["threshold"], chip_params["dilation"], k)
+                                       chip_params["threshold"], chip_params["dilation"], k, chip_params["merge"])
     if cells.shape[0] == 0:
         return []
     if on_host:

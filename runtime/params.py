@@ -5,7 +5,7 @@ Names are the bundle.json keys (docs/design.md: one name everywhere), plus the e
 packing, canvas_gutter):
     scales          [[min_side, max_side], ...] per scale
     valid_ranges    [[lo, hi], ...] per scale, sqrt(box area) in original pixels; hi None/inf = no bound
-    chip_params     [{threshold, dilation, min_size[, box_score, box_max]}, ...] per transition
+    chip_params     [{threshold, dilation, min_size[, box_score, box_max, merge]}, ...] per transition
                     (len(scales) - 1);
                     box_score (optional, None = off, the paper's Algorithm 1): the coarser scale's own
                     detections with a score >= box_score and a size inside the finer scale's valid range
@@ -13,7 +13,10 @@ packing, canvas_gutter):
                     also looks again at the objects it is valid for that the coarser one already found;
                     box_max (optional, None = the finer scale's upper bound): painted boxes are at most
                     this sqrt(area), original px (large objects the coarser scale keeps anyway cost the
-                    finer scale their whole area for a second look)
+                    finer scale their whole area for a second look);
+                    merge (optional, "touching" = the paper's): Algorithm 1's step 5, "touching" merges
+                    every pair of touching chips, "cheaper" only those whose enclosing chip has no more
+                    cells than the two (runtime/ops/maps.py focus_chips)
     decode          {score_threshold, max_candidates}
     soft_nms        {method, sigma, iou_threshold, score_threshold, class_aware}
     max_detections  detections kept per image after Soft-NMS
@@ -70,6 +73,7 @@ from dataclasses import dataclass
 
 # One number check for the whole package: finite, with an optional lower bound.
 from .ops import _number
+from .ops.maps import MERGE_RULES
 
 PADDINGS = ("bucket", "divisor", "shared")
 PACKINGS = ("none", "canvas")
@@ -77,7 +81,7 @@ DECODE_KEYS = ("score_threshold", "max_candidates")
 SOFT_NMS_KEYS = ("method", "sigma", "iou_threshold", "score_threshold", "class_aware")
 SOFT_NMS_METHODS = ("gaussian", "linear", "hard")
 CHIP_KEYS = ("threshold", "dilation", "min_size")
-CHIP_OPTIONAL_KEYS = ("box_score", "box_max")
+CHIP_OPTIONAL_KEYS = ("box_score", "box_max", "merge")
 NAMES = ("scales", "valid_ranges", "chip_params", "decode", "soft_nms", "max_detections", "scale",
          "padding", "merge_chips", "align_chips", "keep_uncovered", "chips_on_host", "padded_decode", "max_batch",
          "packing", "canvas_gutter", "focus_head")
@@ -88,7 +92,7 @@ FOCUS_HEADS = ("transition", "paper")
 class CascadeParams:
     scales: tuple            # ((min_side, max_side), ...) floats
     valid_ranges: tuple      # ((lo, hi), ...) floats, hi may be inf
-    chip_params: tuple       # ({"threshold", "dilation", "min_size", "box_score"}, ...); box_score None: off
+    chip_params: tuple       # ({"threshold", "dilation", "min_size", "box_score", "box_max", "merge"}, ...)
     decode: dict
     soft_nms: dict
     max_detections: int
@@ -264,9 +268,12 @@ def _chip_params(value, i: int) -> dict:
         box_max = _number(box_max, f"{name} box_max", 0)
         if box_max <= 0:
             raise ValueError(f"{name} box_max: expected a side in original pixels > 0 or None, got {box_max}")
+    merge = value.get("merge", "touching")
+    if merge not in MERGE_RULES:
+        raise ValueError(f"{name} merge: expected one of {list(MERGE_RULES)}, got {merge!r}")
     return {"threshold": _number(value["threshold"], f"{name} threshold"), "dilation": dilation,
             "min_size": _int(value["min_size"], f"{name} min_size", 1), "box_score": box_score,
-            "box_max": box_max}
+            "box_max": box_max, "merge": merge}
 
 
 def _decode(value: dict) -> dict:

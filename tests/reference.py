@@ -75,6 +75,48 @@ def focus_chips_reference(prob: np.ndarray, threshold: float, dilation: int, min
     return np.array(merged, np.int32).reshape(-1, 4)
 
 
+def focus_chips_cheaper_reference(prob: np.ndarray, threshold: float, dilation: int, min_size: int) -> np.ndarray:
+    """Algorithm 1 with the "cheaper" merge rule (runtime/ops/maps.py focus_chips), in plain Python + SciPy:
+    steps 1-4 as the paper's, then, while a pair of touching rectangles (cells equal or 8-adjacent) has a
+    grown enclosing rectangle of no more cells than the two, merge the pair that saves the most (ties: the
+    first (i, j)); the merged one takes i's place, the last one j's. Sorted by (y1, x1, y2, x2)."""
+    prob = np.asarray(prob, np.float32)
+    binary = prob >= np.float32(threshold)
+    if not binary.any():
+        return np.zeros((0, 4), np.int32)
+    height, width = prob.shape
+    mask = ndimage.binary_dilation(binary, structure=np.ones((dilation, dilation), bool), border_value=0)
+    rects = [list(r) for r in focus_chips_grown_rects(mask, min_size)]
+
+    def area(r):
+        return (r[2] - r[0]) * (r[3] - r[1])
+
+    def enclose(a, b):
+        x1, x2 = focus_chips_grow_span(min(a[0], b[0]), max(a[2], b[2]), min_size, width)
+        y1, y2 = focus_chips_grow_span(min(a[1], b[1]), max(a[3], b[3]), min_size, height)
+        return [x1, y1, x2, y2]
+
+    while True:
+        best = None
+        for i, a in enumerate(rects):
+            for j in range(i + 1, len(rects)):
+                b = rects[j]
+                if a[0] > b[2] or b[0] > a[2] or a[1] > b[3] or b[1] > a[3]:
+                    continue  # a column or row of free cells between them
+                u = enclose(a, b)
+                saving = area(a) + area(b) - area(u)
+                if saving >= 0 and (best is None or saving > best[0]):
+                    best = (saving, i, j, u)
+        if best is None:
+            break
+        _, i, j, u = best
+        rects[i] = u
+        rects[j] = rects[-1]
+        rects.pop()
+    rects.sort(key=lambda r: (r[1], r[0], r[3], r[2]))
+    return np.array(rects, np.int32).reshape(-1, 4)
+
+
 def chips_to_image_reference(chips, stride, scale, input_hw, min_size, offset=(0, 0)) -> np.ndarray:
     """Algorithm 1 step 6 chip by chip in plain Python; scale/input_hw/offset scalar-like or per chip."""
     chips = np.asarray(chips).reshape(-1, 4)

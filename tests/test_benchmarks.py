@@ -245,7 +245,10 @@ def test_grid_parsing():
     assert sweep.parse_grid("m1=130,none", 2) == {((0,), "box_max"): [130.0, None]}
     capped = sweep.grid_settings(sweep.parse_grid("m1=130", 2), base)
     assert capped[0][0]["box_max"] == 130.0 and " m1=130 " in sweep.label(capped[0])
-    for bad in ("x1=1", "t3=0.1", "t1=", "d1=a", "t1=0.1;=3", "d=1,3;d2=5", "s2=high", "m1=big"):
+    assert sweep.parse_grid("r2=touching,cheaper", 2) == {((1,), "merge"): ["touching", "cheaper"]}
+    rules = sweep.grid_settings(sweep.parse_grid("r2=touching,cheaper", 2), base)
+    assert sweep.label(rules[1]).endswith(" r2=cheaper") and "r2" not in sweep.label(rules[0])
+    for bad in ("x1=1", "t3=0.1", "t1=", "d1=a", "t1=0.1;=3", "d=1,3;d2=5", "s2=high", "m1=big", "r1=any"):
         with pytest.raises(ValueError, match="grid"):
             sweep.parse_grid(bad, 2)
 
@@ -270,6 +273,12 @@ def test_sweep_main_outputs(tiny, tmp_path, capsys):
     assert chosen["pixels_ratio"] == min(p["pixels_ratio"] for p in record["points"])
     for p in record["points"]:
         assert 0 < p["pixels_ratio"] <= 1.0 + 1e-9 and {"AP", "APs", "chip_params", "label"} <= set(p)
+    # Without --png the plot goes beside the record (never over the README's docs/figures/sweep.png).
+    other = tmp_path / "other.json"
+    assert sweep.main(["--bundle", bundle, "--annotations", annotations, "--grid", "t1=0.99", "--json", str(other),
+                       "--no-progress"]) == 0
+    assert "plot written to " + str(tmp_path / "other.png") in capsys.readouterr().out
+    assert cv2.imread(str(tmp_path / "other.png")) is not None
     # t1 = 0.99 leaves (almost surely) fewer scale-2 chips than 0.02: never more pixels.
     a, b = record["points"]
     assert b["pixels"] <= a["pixels"]

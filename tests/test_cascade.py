@@ -350,21 +350,22 @@ def test_aligned_chip_input_is_a_window_of_the_whole_image_input():
 
 
 def test_cascade_chips_are_algorithm_1_on_the_networks_own_maps(bundle, engine, session):
-    """Scale-2 chips from the whole image's focus map, scale-3 chips from each scale-2 chip's own map."""
+    """Scale-2 chips from the whole image's focus map, scale-3 chips from each scale-2 chip's own map (the
+    paper's merge rule at both transitions; test_transition_merge_rule_reaches_algorithm_1 has the other)."""
     image = val_images(1)[0][0]
     h, w = image.shape[:2]
     f1, f2 = (scale_factor(h, w, s) for s in TEST_SCALES[:2])
     prob, hw = _focus_map(session, bundle, image, (0, 0, w, h), f1)
     # Thresholds at quantiles of the random network's maps, so that chips cover part of the input.
     t1 = float(np.quantile(prob, 0.9))
-    p1 = {"threshold": t1, "dilation": 1, "min_size": 2}
+    p1 = {"threshold": t1, "dilation": 1, "min_size": 2, "merge": "touching"}
     cells = focus_chips_reference(prob, t1, 1, 2)
     want2 = _snap(chips_to_image_reference(cells, 16, f1, hw, 2), (0, 0, w, h), f1)
     assert 0 < len(want2)
     want2 = geometry.merge_overlapping(want2)
     maps2 = [_focus_map(session, bundle, image, tuple(c), f2) for c in want2]
     t2 = float(np.quantile(np.concatenate([m.ravel() for m, _ in maps2]), 0.9))
-    p2 = {"threshold": t2, "dilation": 1, "min_size": 2}
+    p2 = {"threshold": t2, "dilation": 1, "min_size": 2, "merge": "touching"}
     want3 = []
     for chip, (m, chip_hw) in zip(want2, maps2):
         cells = focus_chips_reference(m, t2, 1, 2)
@@ -486,6 +487,30 @@ def test_box_max_caps_the_sizes_painted(bundle, engine):
         engine(image, chip_params=[{"box_max": 0}, {}])
     with pytest.raises(TypeError, match=r"chip_params\[0\] box_max"):
         engine(image, chip_params=[{"box_max": "big"}, {}])
+
+
+def test_transition_merge_rule_reaches_algorithm_1(bundle):
+    """chip_params' merge picks step 5's rule for the next scale's chips: two FocusPixels whose grown chips
+    touch at a corner make one chip under the paper's rule, two under "cheaper" (in original pixels at
+    factor 1: cells x 16)."""
+    ctx = _context(bundle, [(400, 500)])
+    regions = [geometry.Region(0, np.array([0, 0, 500, 400], np.float32), 1.0, (400, 500))]
+    batch = batching.BatchRegions.of(regions, [0], "cpu")
+    probs = torch.zeros((1, 25, 32))
+    probs[0, 5, 5] = probs[0, 9, 9] = 1.0
+    params = {"threshold": 0.5, "dilation": 1, "min_size": 4}
+    chips = {merge: np.array([box for _, box in cascade.focus_chips_batch(ctx, probs, regions, [0], batch,
+                                                                          {**params, "merge": merge})])
+             for merge in ("touching", "cheaper")}
+    np.testing.assert_allclose(chips["touching"], [[64, 64, 192, 192]])
+    np.testing.assert_allclose(chips["cheaper"], [[64, 64, 128, 128], [128, 128, 192, 192]])
+
+
+def test_merge_rule_is_checked(engine):
+    image = val_images(1)[0][0]
+    with pytest.raises(ValueError, match=r"chip_params\[1\] merge: expected one of \['touching', 'cheaper'\]"):
+        engine(image, chip_params=[{}, {"merge": "smallest"}])
+    assert engine.params.chip_params[0]["merge"] in ("touching", "cheaper")
 
 
 def test_box_score_is_checked(engine):

@@ -12,17 +12,20 @@ from hypothesis.extra import numpy as hnp
 
 from runtime import _C, ops
 from conftest import needs_cuda
-from reference import focus_chips_reference
+from reference import focus_chips_cheaper_reference, focus_chips_reference
+
+TOUCHING, CHEAPER = 0, 1  # the kernels' merge codes (csrc/ops/focus_chips.h FocusMerge)
 
 
-def block_cpu(probs, valid, threshold, dilation, min_size):
+def block_cpu(probs, valid, threshold, dilation, min_size, merge=TOUCHING):
     """The block algorithm over a batch: (chips, batch_index, index of the first map with NaN/inf or -1)."""
     probs = np.ascontiguousarray(probs, np.float32)
-    return _C.focus_chips_block_cpu(probs, np.asarray(valid, np.int32).reshape(-1, 2), threshold, dilation, min_size)
+    return _C.focus_chips_block_cpu(probs, np.asarray(valid, np.int32).reshape(-1, 2), threshold, dilation, min_size,
+                                    merge)
 
 
-def one_map(prob, threshold, dilation, min_size):
-    chips, index, bad = block_cpu(prob[None], [prob.shape], threshold, dilation, min_size)
+def one_map(prob, threshold, dilation, min_size, merge=TOUCHING):
+    chips, index, bad = block_cpu(prob[None], [prob.shape], threshold, dilation, min_size, merge)
     assert bad == -1 and chips.dtype == np.int32 and chips.shape[1:] == (4,)
     assert (index == 0).all()
     return chips
@@ -56,6 +59,23 @@ class TestBlockAlgorithmOnCpu:
         # values on a coarse grid, so thresholds hit cells exactly; k often larger than the map
         prob = data.draw(hnp.arrays(np.float32, (h, w), elements=st.sampled_from([0.0, 0.0, 0.0, 0.25, 0.5, 1.0])))
         check_one(prob, data.draw(st.sampled_from([0.25, 0.5, 1.0])), d, k)
+
+    @settings(max_examples=300, deadline=None)
+    @given(h=st.integers(1, 24), w=st.integers(1, 24), data=st.data(), d=st.sampled_from([1, 3, 5]),
+           k=st.integers(1, 30))
+    def test_cheaper_rule_matches_reference_and_cpp(self, h, w, data, d, k):
+        # the rounds of best pairs, each thread's share of the pairs reduced to the block's maximum
+        prob = data.draw(hnp.arrays(np.float32, (h, w), elements=st.sampled_from([0.0, 0.0, 0.0, 0.25, 0.5, 1.0])))
+        t = data.draw(st.sampled_from([0.25, 0.5, 1.0]))
+        chips = one_map(prob, t, d, k, CHEAPER)
+        np.testing.assert_array_equal(chips, focus_chips_cheaper_reference(prob, t, d, k))
+        np.testing.assert_array_equal(chips, ops.focus_chips(prob, t, d, k, "cheaper"))
+
+    def test_cheaper_rule_on_focus_map_sized_maps(self):
+        rng = np.random.default_rng(24)
+        for _ in range(30):
+            prob = blob_map(rng, 60, 80)
+            np.testing.assert_array_equal(one_map(prob, 0.2, 3, 6, CHEAPER), focus_chips_cheaper_reference(prob, 0.2, 3, 6))
 
     def test_focus_map_sized_maps(self):
         rng = np.random.default_rng(20)
@@ -138,6 +158,8 @@ class TestBlockAlgorithmOnCpu:
             block_cpu(probs, [[5, 6]], 0.5, 3, 0)
         with pytest.raises(ValueError, match="valid_hw"):
             block_cpu(probs, [[6, 6]], 0.5, 3, 4)
+        with pytest.raises(ValueError, match="merge"):
+            block_cpu(probs, [[5, 6]], 0.5, 3, 4, 2)
 
 
 @needs_cuda
@@ -154,6 +176,16 @@ class TestBlockKernelOnCuda:
             t, d, k = float(rng.choice([0.1, 0.2, 0.5])), int(rng.choice([1, 3, 5])), int(rng.integers(1, 25))
             gpu = ops.focus_chips_batched(torch.from_numpy(probs).cuda(), valid, t, d, k)
             cpu = ops.focus_chips_batched(probs, valid, t, d, k)
+            for g, c in zip(gpu, cpu):
+                np.testing.assert_array_equal(g.cpu().numpy(), c)
+
+    def test_cheaper_rule_batch_matches_cpp(self):
+        rng = np.random.default_rng(33)
+        for _ in range(20):
+            probs = np.stack([blob_map(rng, 88, 125) for _ in range(8)])
+            valid = np.stack([rng.integers(1, 89, 8), rng.integers(1, 126, 8)], 1).astype(np.int32)
+            gpu = ops.focus_chips_batched(torch.from_numpy(probs).cuda(), valid, 0.2, 3, 6, "cheaper")
+            cpu = ops.focus_chips_batched(probs, valid, 0.2, 3, 6, "cheaper")
             for g, c in zip(gpu, cpu):
                 np.testing.assert_array_equal(g.cpu().numpy(), c)
 

@@ -24,6 +24,7 @@ from reference import (
     crop_resize_reference,
     crop_resize_warp_affine_reference,
     dilate_reference,
+    focus_chips_cheaper_reference,
     focus_chips_reference,
     paint_boxes_reference,
 )
@@ -395,6 +396,128 @@ class TestFocusChips:
         for g, c in zip(gpu, cpu):
             np.testing.assert_array_equal(g.cpu().numpy(), c)
 
+
+
+def cells(r) -> int:
+    return int((r[2] - r[0]) * (r[3] - r[1]))
+
+
+def check_cheaper_invariants(chips, prob, threshold, dilation, min_size):
+    """What the cheaper rule promises whatever its tie-breaks: every dilated positive cell inside a chip,
+    each chip at least min(k, map side) a side and inside the map, (y1, x1, y2, x2) order, and no touching
+    pair left whose grown enclosing chip would cost no more cells than the two."""
+    h, w = prob.shape
+    covered = np.zeros((h, w), bool)
+    for x1, y1, x2, y2 in chips:
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        assert x2 - x1 >= min(min_size, w) and y2 - y1 >= min(min_size, h)
+        covered[y1:y2, x1:x2] = True
+    assert covered[dilate_reference(prob >= np.float32(threshold), dilation) != 0].all()
+    keys = [(c[1], c[0], c[3], c[2]) for c in chips.tolist()]
+    assert keys == sorted(keys)
+    for i in range(len(chips)):
+        for j in range(i + 1, len(chips)):
+            a, b = chips[i], chips[j]
+            if a[0] > b[2] or b[0] > a[2] or a[1] > b[3] or b[1] > a[3]:
+                continue
+            u = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]  # already >= k a side
+            assert cells(u) > cells(a) + cells(b), (a, b)
+
+
+class TestFocusChipsCheaper:
+    """merge="cheaper": touching chips merge only when the enclosing chip costs no more cells."""
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_random_maps_match_reference(self, device):
+        rng = np.random.default_rng(12)
+        for _ in range(CASES_PER_DEVICE // 2):
+            prob = random_focus_map(rng)
+            t, d, k = float(rng.choice([0.02, 0.2, 0.5])), int(rng.choice([1, 3, 5])), int(rng.integers(1, 25))
+            chips = from_device(ops.focus_chips(on_device(prob, device), t, d, k, "cheaper"), device)
+            assert chips.dtype == np.int32 and chips.shape[1:] == (4,)
+            np.testing.assert_array_equal(chips, focus_chips_cheaper_reference(prob, t, d, k),
+                                          err_msg=f"t={t} d={d} k={k}")
+            check_cheaper_invariants(chips, prob, t, d, k)
+
+    @settings(max_examples=200, deadline=None)
+    @given(h=st.integers(1, 14), w=st.integers(1, 14), data=st.data(),
+           d=st.sampled_from([1, 3, 5]), k=st.integers(1, 16))
+    def test_edge_cases_match_reference(self, h, w, data, d, k):
+        prob = data.draw(hnp.arrays(np.float32, (h, w), elements=st.sampled_from([0.0, 0.0, float(np.float32(0.3)), 1.0])))
+        chips = ops.focus_chips(prob, 0.3, d, k, "cheaper")
+        np.testing.assert_array_equal(chips, focus_chips_cheaper_reference(prob, 0.3, d, k))
+        check_cheaper_invariants(chips, prob, 0.3, d, k)
+
+    @pytest.mark.parametrize("cells_on, shape, k, expected", [
+        # the ends of an L: [4, 8) x [4, 8) and [14, 18) x [4, 8) do not touch; a third chip [4, 8) x [14, 18)
+        # neither: three chips, as with the paper's rule
+        ([(5, 5), (5, 15), (15, 5)], (20, 20), 4, [[4, 4, 8, 8], [14, 4, 18, 8], [4, 14, 8, 18]]),
+        # side by side, [4, 8) and [8, 12): their enclosing chip has exactly their 32 cells: merged
+        ([(5, 5), (5, 9)], (20, 20), 4, [[4, 4, 12, 8]]),
+        # diagonal neighbours [4, 8)^2 and [8, 12)^2 touch at a corner; the enclosing 8 x 8 costs 64 > 32
+        # cells: two chips (the paper's rule merges them)
+        ([(5, 5), (9, 9)], (20, 20), 4, [[4, 4, 8, 8], [8, 8, 12, 12]]),
+        # overlapping by 2 of 4 columns: [4, 8) and [6, 10) enclose 24 cells < 32: merged
+        ([(5, 5), (5, 7)], (20, 20), 4, [[4, 4, 10, 8]]),
+        # a chain: A [4, 8) x [4, 8), B [6, 10) x [4, 8), C [10, 14) x [6, 10). A+B saves 8 cells (24 < 32);
+        # B+C would cost 48 > 32, and [4, 10) x [4, 8) + C 60 > 40: two chips (the paper's rule: one)
+        ([(5, 5), (5, 7), (7, 11)], (20, 20), 4, [[4, 4, 10, 8], [10, 6, 14, 10]]),
+        # ... and with C level with them ([10, 14) x [4, 8)) the enclosing [4, 14) x [4, 8) costs exactly
+        # the 40 cells of the two: merged
+        ([(5, 5), (5, 7), (5, 11)], (20, 20), 4, [[4, 4, 14, 8]]),
+    ])
+    def test_hand_worked(self, cells_on, shape, k, expected):
+        chips = ops.focus_chips(TestFocusChips.hot(shape, *cells_on), 0.5, 1, k, "cheaper")
+        np.testing.assert_array_equal(chips, np.array(expected, np.int32).reshape(-1, 4))
+
+    def test_touching_is_the_default_and_the_papers_rule(self):
+        rng = np.random.default_rng(13)
+        for _ in range(100):
+            prob = random_focus_map(rng)
+            np.testing.assert_array_equal(ops.focus_chips(prob, 0.2, 3, 6), ops.focus_chips(prob, 0.2, 3, 6, "touching"))
+            np.testing.assert_array_equal(ops.focus_chips(prob, 0.2, 3, 6), focus_chips_reference(prob, 0.2, 3, 6))
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_batched_equals_reference_per_map(self, device):
+        rng = np.random.default_rng(14)
+        for _ in range(40):
+            batch, height, width = int(rng.integers(1, 6)), int(rng.integers(1, 40)), int(rng.integers(1, 40))
+            probs = np.full((batch, height, width), np.nan, np.float32)
+            valid = np.stack([rng.integers(0, height + 1, batch), rng.integers(0, width + 1, batch)], 1)
+            expected, expected_index = [], []
+            for b, (h, w) in enumerate(valid):
+                probs[b, :h, :w] = random_focus_map(rng, shape=(h, w)) if h and w else 0
+                if h and w:
+                    ref = focus_chips_cheaper_reference(probs[b, :h, :w], 0.2, 3, 8)
+                    expected.append(ref)
+                    expected_index += [b] * len(ref)
+            chips, index = ops.focus_chips_batched(on_device(probs, device), valid.astype(np.int32), 0.2, 3, 8,
+                                                   "cheaper")
+            chips, index = from_device(chips, device), from_device(index, device)
+            np.testing.assert_array_equal(chips, np.concatenate(expected).reshape(-1, 4) if expected else np.zeros((0, 4)))
+            np.testing.assert_array_equal(index, expected_index)
+
+    def test_bad_merge(self):
+        prob = np.zeros((5, 6), np.float32)
+        for merge in ("Cheaper", "", None, 1):
+            with pytest.raises(ValueError, match="^merge:"):
+                ops.focus_chips(prob, 0.5, 3, 4, merge)
+        with pytest.raises(ValueError, match="^merge: 'cheaper' takes maps of up to 65535"):
+            ops.focus_chips(np.zeros((600, 600), np.float32), 0.5, 3, 4, "cheaper")
+
+    @needs_cuda
+    @pytest.mark.cuda
+    def test_cuda_matches_cpu(self):
+        rng = np.random.default_rng(15)
+        for _ in range(200):
+            prob = random_focus_map(rng, 130)
+            t, d, k = float(rng.choice([0.02, 0.2])), int(rng.choice([1, 3])), int(rng.integers(1, 25))
+            np.testing.assert_array_equal(
+                ops.focus_chips(torch.from_numpy(prob).cuda(), t, d, k, "cheaper").cpu().numpy(),
+                ops.focus_chips(prob, t, d, k, "cheaper"))
+        prob = random_focus_map(rng, shape=(400, 400))  # the global-memory kernel
+        np.testing.assert_array_equal(ops.focus_chips(torch.from_numpy(prob).cuda(), 0.2, 3, 8, "cheaper").cpu().numpy(),
+                                      ops.focus_chips(prob, 0.2, 3, 8, "cheaper"))
 
 # ---------------------------------------------------------------------------------------------
 

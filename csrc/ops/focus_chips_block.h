@@ -176,11 +176,7 @@ AF_HD void focus_block_grow(const FocusBlock& s, int32_t count, int min_size, in
   for (int32_t r = tid; r < count; r += threads) focus_grow_rect(s.boxes + 4 * r, min_size, s.h, s.w);
 }
 
-// Step 5. Painted rectangles a and b share a component when some of their cells are equal or 8-adjacent.
-AF_HD bool focus_rects_touch(const int32_t* a, const int32_t* b) {
-  return b[0] <= a[2] && a[0] <= b[2] && b[1] <= a[3] && a[1] <= b[3];
-}
-
+// Step 5 (kMergeTouching).
 AF_HD void focus_block_rect_init(const FocusBlock& s, int32_t count, int tid, int threads) {
   for (int32_t r = tid; r < count; r += threads) s.parent[r] = r;
 }
@@ -271,6 +267,6 @@ AF_HD void focus_block_write_chips(const FocusBlock& s, int32_t rank, int32_t* c
 // The block algorithm run on the CPU, thread by thread (same arguments and result as focus_chips_cpu):
 // the tests' handle on the CUDA kernel's logic.
 int32_t focus_chips_block_cpu(const float* prob, int height, int width, int pitch, float threshold, int dilation,
-                              int min_size, int32_t* chips);
+                              int min_size, int merge, int32_t* chips);
 
 }  // namespace autofocus

@@ -10,6 +10,18 @@ from ._checks import (_array, _check_boxes, _cuda_ext, _cuda_stream, _ext, _fail
 
 
 _MAX_CELLS = 2**31 - 1  # the kernels index map cells with int32
+MERGE_RULES = ("touching", "cheaper")  # Algorithm 1's step 5 (csrc/ops/focus_chips.h: FocusMerge)
+_MAX_CHEAPER_COMPONENTS = 65535  # the cheaper rule's pair keys hold a pair index in 32 bits
+
+
+def _merge_rule(merge, shape) -> int:
+    """The merge rule's code for the kernels (its index in MERGE_RULES); checks the map's size for it."""
+    if merge not in MERGE_RULES:
+        raise ValueError(f"merge: expected one of {list(MERGE_RULES)}, got {merge!r}")
+    if merge == "cheaper" and _max_components(int(shape[-2]), int(shape[-1])) > _MAX_CHEAPER_COMPONENTS:
+        raise ValueError(f"merge: 'cheaper' takes maps of up to {_MAX_CHEAPER_COMPONENTS} possible components "
+                         f"(about 510 x 510 cells), got {shape[-2]} x {shape[-1]}")
+    return MERGE_RULES.index(merge)
 
 
 def _check_cells(shape, name: str):
@@ -63,11 +75,12 @@ def connected_components(mask):
     return _same_kind(labels, mask), _same_kind(boxes, mask)
 
 
-def _focus_chips(probs, valid_hw: np.ndarray, threshold, dilation, min_size, name: str, like):
+def _focus_chips(probs, valid_hw: np.ndarray, threshold, dilation, min_size, merge, name: str, like):
     """Algorithm 1 over a (B, H, W) float32 batch (checked); returns chips (M, 4), batch_index (M,)."""
     threshold = _number(threshold, "threshold")
     dilation = _odd_size(dilation, "dilation")
     min_size = _int_at_least(min_size, "min_size", 1)
+    rule = _merge_rule(merge, probs.shape)
     batch, height, width = probs.shape
     if _is_cuda(probs):
         import torch
@@ -80,42 +93,48 @@ def _focus_chips(probs, valid_hw: np.ndarray, threshold, dilation, min_size, nam
         valid = to_device(np.asarray(valid_hw, np.int32), device)
         status = torch.empty(2, dtype=torch.int32, device=device)
         _cuda_ext().focus_chips_batched_cuda(probs.data_ptr(), valid.data_ptr(), batch, height, width, threshold,
-                                             dilation, min_size, chips.data_ptr(), batch_index.data_ptr(),
+                                             dilation, min_size, rule, chips.data_ptr(), batch_index.data_ptr(),
                                              status.data_ptr(), _cuda_stream(probs))
         count, bad = (int(v) for v in status.cpu())  # the one host sync
         if bad:
             raise ValueError(f"{name}: contains NaN or inf")
         return chips[:count], batch_index[:count]
-    chips, batch_index, bad_map = _ext().focus_chips_batched_cpu(probs, valid_hw, threshold, dilation, min_size)
+    chips, batch_index, bad_map = _ext().focus_chips_batched_cpu(probs, valid_hw, threshold, dilation, min_size,
+                                                                 rule)
     if bad_map >= 0:
         where = f" (map {bad_map})" if name == "probs" else ""
         raise ValueError(f"{name}: contains NaN or inf{where}")
     return _same_kind(chips, like), _same_kind(batch_index, like)
 
 
-def focus_chips(prob, threshold: float, dilation: int, min_size: int):
+def focus_chips(prob, threshold: float, dilation: int, min_size: int, merge: str = "touching"):
     """FocusChips, Algorithm 1 of docs/design.md, on one (H, W) float32 focus map.
 
     binary = prob >= threshold (compared in float32); dilate with a dilation x dilation square; one
     enclosing rectangle per 8-connected component; grow each about its centre to at least
     min_size x min_size cells (odd extra cell to the right/bottom), shifted inside the map (clipped only
-    when the map is smaller); paint the rectangles and repeat until their number stops changing.
-    Returns (M, 4) int32 [x1, y1, x2, y2) in map cells, sorted by (y1, x1). NaN/inf in prob: ValueError.
-    On CUDA this is focus_chips_batched with a batch of one.
+    when the map is smaller); then merge (step 5):
+      "touching" (the paper's): paint the rectangles and repeat until their number stops changing.
+        Returns (M, 4) int32 [x1, y1, x2, y2) in map cells, sorted by (y1, x1).
+      "cheaper": while some pair of touching rectangles (cells equal or 8-adjacent) has a grown enclosing
+        rectangle of no more cells than the two together, merge the pair that saves the most cells (ties:
+        the first pair (i, j) in the current order; the merged rectangle takes i's place, the last one
+        j's). Rectangles may overlap; sorted by (y1, x1, y2, x2).
+    NaN/inf in prob: ValueError. On CUDA this is focus_chips_batched with a batch of one.
     """
     p = _array(prob, "prob", (np.float32,), ndim=2)
     _check_cells(p.shape, "prob")
     valid = np.array([p.shape], dtype=np.int32)
-    chips, _ = _focus_chips(p[None], valid, threshold, dilation, min_size, "prob", prob)
+    chips, _ = _focus_chips(p[None], valid, threshold, dilation, min_size, merge, "prob", prob)
     return chips
 
 
-def focus_chips_batched(probs, valid_hw, threshold: float, dilation: int, min_size: int):
+def focus_chips_batched(probs, valid_hw, threshold: float, dilation: int, min_size: int, merge: str = "touching"):
     """focus_chips over a batch: probs (B, H, W) float32, valid_hw (B, 2) ints, each map's valid region
     (rows/columns beyond it are padding, ignored: map b is probs[b, :h, :w]).
 
     Returns chips (M, 4) int32 in cells and batch_index (M,) int32, map by map in batch order, each map's
-    chips as focus_chips gives them. On CUDA: one launch over the batch, one thread block per map (sized
+    chips as focus_chips gives them (merge: its step-5 rule). On CUDA: one launch over the batch, one thread block per map (sized
     for focus maps, ~100 x 130 cells at most), plus one launch that gathers the chips in batch order;
     valid_hw is checked on the host and the chip count is the one value the host reads.
     """
@@ -129,7 +148,7 @@ def focus_chips_batched(probs, valid_hw, threshold: float, dilation: int, min_si
     valid = valid.astype(np.int64).reshape(-1, 2)
     if ((valid < 0) | (valid > np.array(p.shape[1:]))).any():
         raise ValueError(f"valid_hw: each (h, w) must lie in [0, {tuple(p.shape[1:])}], got {valid.tolist()}")
-    return _focus_chips(p, valid.astype(np.int32), threshold, dilation, min_size, "probs", probs)
+    return _focus_chips(p, valid.astype(np.int32), threshold, dilation, min_size, merge, "probs", probs)
 
 
 def chips_to_image(chips, stride, scale, input_hw, min_size: int, offset=(0, 0)):

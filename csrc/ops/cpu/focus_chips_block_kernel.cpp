@@ -26,7 +26,8 @@ int32_t exclusive_scan(std::vector<int32_t>& counts) {
 }  // namespace
 
 int32_t focus_chips_block_cpu(const float* prob, int height, int width, int pitch, float threshold, int dilation,
-                              int min_size, int32_t* chips) {
+                              int min_size, int merge, int32_t* chips) {
+  check_arg(merge == kMergeTouching || merge == kMergeCheaper, "merge: expected kMergeTouching or kMergeCheaper");
   check_arg(dilation >= 1 && dilation % 2 == 1, "dilation: expected an odd size >= 1");
   check_arg(min_size >= 1, "min_size: expected >= 1");
   const int64_t capacity = detail::max_components(height, width);
@@ -52,6 +53,20 @@ int32_t focus_chips_block_cpu(const float* prob, int height, int width, int pitc
   each_thread([&](int t) { detail::focus_block_number_pixel_roots(s, counts[t], t, kThreads); });
   each_thread([&](int t) { detail::focus_block_pixel_boxes(s, t, kThreads); });
   each_thread([&](int t) { detail::focus_block_grow(s, count, min_size, t, kThreads); });
+  if (merge == kMergeCheaper) {
+    check_arg(count <= 65535, "merge cheaper: more than 65535 components in one map");
+    while (true) {  // a round: each thread's best pair, the block's maximum, one thread merges it
+      uint64_t key = 0;
+      each_thread([&](int t) {
+        const uint64_t mine = detail::focus_best_pair_key(s.boxes, count, min_size, height, width, t, kThreads);
+        if (mine > key) key = mine;
+      });
+      if (key == 0) break;
+      count = detail::focus_apply_pair(s.boxes, count, key, min_size, height, width);
+    }
+    each_thread([&](int t) { detail::focus_write_sorted(s.boxes, count, chips, t, kThreads); });
+    return count;
+  }
   while (true) {
     each_thread([&](int t) { detail::focus_block_rect_init(s, count, t, kThreads); });
     bool touched = false;

@@ -22,7 +22,8 @@ int32_t grown_component_rects(const uint8_t* mask, int height, int width, int mi
 }  // namespace
 
 int32_t focus_chips_cpu(const float* prob, int height, int width, int pitch, float threshold, int dilation,
-                        int min_size, int32_t* chips) {
+                        int min_size, int merge, int32_t* chips) {
+  check_arg(merge == kMergeTouching || merge == kMergeCheaper, "merge: expected kMergeTouching or kMergeCheaper");
   const int32_t n = height * width;
   std::vector<uint8_t> binary(n), mask(n);
   bool any = false;
@@ -40,6 +41,14 @@ int32_t focus_chips_cpu(const float* prob, int height, int width, int pitch, flo
   std::vector<int32_t> labels(n), other(4 * max_rects);
   int32_t* rects = chips;  // the answer ends in `chips`; `other` holds the previous round
   int32_t count = grown_component_rects(mask.data(), height, width, min_size, labels.data(), rects);
+  if (merge == kMergeCheaper) {
+    check_arg(count <= 65535, "merge cheaper: more than 65535 components in one map");
+    for (uint64_t key; (key = detail::focus_best_pair_key(rects, count, min_size, height, width, 0, 1)) != 0;)
+      count = detail::focus_apply_pair(rects, count, key, min_size, height, width);
+    std::copy(rects, rects + 4 * count, other.begin());
+    detail::focus_write_sorted(other.data(), count, chips, 0, 1);
+    return count;
+  }
   int32_t* previous = other.data();
   while (true) {
     std::swap(rects, previous);

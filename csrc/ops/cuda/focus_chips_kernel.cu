@@ -79,9 +79,29 @@ __device__ int32_t block_grown_component_rects(const uint8_t* mask, int height, 
   return count;
 }
 
+// Step 5 of kMergeCheaper for the whole block on rects [0, count) (shared or global memory): each round
+// every thread finds its best pair (focus_best_pair_key), the block takes the maximum, thread 0 merges
+// it; the same rounds as focus_chips_cpu's serial loop. Every thread calls it and gets the count.
+__device__ int32_t block_merge_cheaper(int32_t* rects, int32_t count, int min_size, int height, int width) {
+  __shared__ unsigned long long best;
+  const int tid = threadIdx.x, threads = blockDim.x;
+  while (true) {
+    if (tid == 0) best = 0;
+    __syncthreads();
+    const unsigned long long mine = focus_best_pair_key(rects, count, min_size, height, width, tid, threads);
+    if (mine != 0) atomicMax(&best, mine);
+    __syncthreads();
+    const unsigned long long key = best;
+    if (key == 0) return count;
+    if (tid == 0) focus_apply_pair(rects, count, key, min_size, height, width);
+    --count;
+    __syncthreads();  // the next round reads the merged rectangles (and thread 0 resets best)
+  }
+}
+
 __global__ void __launch_bounds__(kFocusThreads)
     focus_chips_block_kernel(const float* probs, const int32_t* valid_hw, int height, int width, float threshold,
-                             int dilation, int min_size, int64_t max_rects, FocusScratch scratch) {
+                             int dilation, int min_size, int merge, int64_t max_rects, FocusScratch scratch) {
   __shared__ int any_on, any_bad;
   const int b = blockIdx.x, tid = threadIdx.x;
   const int64_t map_size = static_cast<int64_t>(height) * width;
@@ -121,7 +141,13 @@ __global__ void __launch_bounds__(kFocusThreads)
   __syncthreads();
   // 3-4, then 5 until the count holds (each round but the last merges at least two rectangles).
   int32_t count = block_grown_component_rects(paint, h, w, min_size, labels, ranks, rects);
-  while (true) {
+  if (merge == kMergeCheaper) {
+    count = block_merge_cheaper(rects, count, min_size, h, w);
+    focus_write_sorted(rects, count, previous, tid, kFocusThreads);
+    __syncthreads();
+    rects = previous;
+  }
+  while (merge == kMergeTouching) {
     int32_t* swap = rects;
     rects = previous;
     previous = swap;
@@ -155,8 +181,8 @@ __global__ void __launch_bounds__(kFocusThreads)
 // early exits and the loop's end are taken by the whole block together.
 __global__ void __launch_bounds__(kFocusBlockThreads)
     focus_chips_shared_kernel(const float* probs, const int32_t* valid_hw, int height, int width, float threshold,
-                              int dilation, int min_size, int64_t capacity, int32_t* out_rects, int32_t* counts,
-                              int32_t* bad_maps) {
+                              int dilation, int min_size, int merge, int64_t capacity, int32_t* out_rects,
+                              int32_t* counts, int32_t* bad_maps) {
   extern __shared__ int4 shared_memory[];  // int4: 16-byte alignment for the int32 arrays
   __shared__ int32_t warp_totals[32];
   const int b = blockIdx.x, tid = threadIdx.x, T = kFocusBlockThreads;
@@ -192,6 +218,12 @@ __global__ void __launch_bounds__(kFocusBlockThreads)
   __syncthreads();
   focus_block_grow(s, count, min_size, tid, T);
   __syncthreads();
+  if (merge == kMergeCheaper) {
+    count = block_merge_cheaper(s.boxes, count, min_size, h, w);
+    focus_write_sorted(s.boxes, count, out_rects + static_cast<int64_t>(b) * capacity * 4, tid, T);
+    if (tid == 0) counts[b] = count, bad_maps[b] = 0;
+    return;
+  }
   while (true) {
     focus_block_rect_init(s, count, tid, T);
     __syncthreads();
@@ -275,10 +307,13 @@ __global__ void focus_chips_gather_kernel(const int32_t* counts, const int32_t* 
 }  // namespace detail
 
 void focus_chips_batched_cuda(const float* probs, const int32_t* valid_hw, int batch, int height, int width,
-                              float threshold, int dilation, int min_size, int32_t* chips,
+                              float threshold, int dilation, int min_size, int merge, int32_t* chips,
                               int32_t* batch_index, int32_t* status, std::uintptr_t stream) {
   check_arg(dilation >= 1 && dilation % 2 == 1, "dilation: expected an odd size >= 1");
   check_arg(min_size >= 1, "min_size: expected >= 1");
+  check_arg(merge == kMergeTouching || merge == kMergeCheaper, "merge: expected kMergeTouching or kMergeCheaper");
+  check_arg(merge == kMergeTouching || detail::max_components(height, width) <= 65535,
+            "merge cheaper: maps of more than 65535 possible components (the pair keys' range)");
   cudaStream_t s = as_stream(stream);
   if (batch == 0) {
     AF_CUDA_CHECK(cudaMemsetAsync(status, 0, 2 * sizeof(int32_t), s));
@@ -295,7 +330,7 @@ void focus_chips_batched_cuda(const float* probs, const int32_t* valid_hw, int b
     int32_t* counts = rects + batch * max_rects * 4;
     int32_t* bad = counts + batch;
     detail::focus_chips_shared_kernel<<<batch, detail::kFocusBlockThreads, shared_bytes, s>>>(
-        probs, valid_hw, height, width, threshold, dilation, min_size, max_rects, rects, counts, bad);
+        probs, valid_hw, height, width, threshold, dilation, min_size, merge, max_rects, rects, counts, bad);
     cudaError_t err = cudaGetLastError();
     if (err == cudaSuccess) {
       detail::focus_chips_gather_kernel<<<batch, detail::kFocusThreads, 0, s>>>(counts, bad, rects, max_rects, batch,
@@ -322,7 +357,7 @@ void focus_chips_batched_cuda(const float* probs, const int32_t* valid_hw, int b
   scratch.paint = scratch.mask + batch * map_size;
 
   detail::focus_chips_block_kernel<<<batch, detail::kFocusThreads, 0, s>>>(
-      probs, valid_hw, height, width, threshold, dilation, min_size, max_rects, scratch);
+      probs, valid_hw, height, width, threshold, dilation, min_size, merge, max_rects, scratch);
   cudaError_t err = cudaGetLastError();
   if (err == cudaSuccess) {
     detail::focus_chips_gather_kernel<<<batch, detail::kFocusThreads, 0, s>>>(
