@@ -340,7 +340,9 @@ class TestFocusChips:
 
     # --- batched form ---
     @pytest.mark.parametrize("device", DEVICES)
-    def test_batched_equals_single_on_valid_regions(self, device):
+    @pytest.mark.parametrize("merge", ["touching", "cheaper"])
+    def test_batched_equals_single_on_valid_regions(self, device, merge):
+        reference = focus_chips_cheaper_reference if merge == "cheaper" else focus_chips_reference
         rng = np.random.default_rng(10)
         for _ in range(60):
             batch, height, width = int(rng.integers(1, 6)), int(rng.integers(1, 40)), int(rng.integers(1, 40))
@@ -350,10 +352,10 @@ class TestFocusChips:
             for b, (h, w) in enumerate(valid):
                 probs[b, :h, :w] = random_focus_map(rng, shape=(h, w)) if h and w else 0
                 if h and w:
-                    ref = focus_chips_reference(probs[b, :h, :w], 0.2, 3, 8)
+                    ref = reference(probs[b, :h, :w], 0.2, 3, 8)
                     expected.append(ref)
                     expected_index += [b] * len(ref)
-            chips, index = ops.focus_chips_batched(on_device(probs, device), valid.astype(np.int32), 0.2, 3, 8)
+            chips, index = ops.focus_chips_batched(on_device(probs, device), valid.astype(np.int32), 0.2, 3, 8, merge)
             chips, index = from_device(chips, device), from_device(index, device)
             np.testing.assert_array_equal(chips, np.concatenate(expected).reshape(-1, 4) if expected else np.zeros((0, 4)))
             np.testing.assert_array_equal(index, expected_index)
@@ -381,18 +383,22 @@ class TestFocusChips:
 
     @needs_cuda
     @pytest.mark.cuda
-    def test_cuda_matches_cpu(self):
+    @pytest.mark.parametrize("merge", ["touching", "cheaper"])
+    def test_cuda_matches_cpu(self, merge):
         rng = np.random.default_rng(11)
         for _ in range(300):
             prob = random_focus_map(rng, 130)
             t, d, k = float(rng.choice([0.02, 0.2])), int(rng.choice([1, 3])), int(rng.integers(1, 25))
-            np.testing.assert_array_equal(ops.focus_chips(torch.from_numpy(prob).cuda(), t, d, k).cpu().numpy(),
-                                          ops.focus_chips(prob, t, d, k))
+            np.testing.assert_array_equal(ops.focus_chips(torch.from_numpy(prob).cuda(), t, d, k, merge).cpu().numpy(),
+                                          ops.focus_chips(prob, t, d, k, merge))
+        prob = random_focus_map(rng, shape=(400, 400))  # the global-memory kernel
+        np.testing.assert_array_equal(ops.focus_chips(torch.from_numpy(prob).cuda(), 0.2, 3, 8, merge).cpu().numpy(),
+                                      ops.focus_chips(prob, 0.2, 3, 8, merge))
         probs = np.stack([np.pad(p, ((0, 90 - p.shape[0]), (0, 90 - p.shape[1])))
                           for p in (random_focus_map(rng, 90) for _ in range(50))])
         valid = rng.integers(0, 91, (50, 2)).astype(np.int32)
-        gpu = ops.focus_chips_batched(torch.from_numpy(probs).cuda(), valid, 0.2, 3, 16)
-        cpu = ops.focus_chips_batched(probs, valid, 0.2, 3, 16)
+        gpu = ops.focus_chips_batched(torch.from_numpy(probs).cuda(), valid, 0.2, 3, 16, merge)
+        cpu = ops.focus_chips_batched(probs, valid, 0.2, 3, 16, merge)
         for g, c in zip(gpu, cpu):
             np.testing.assert_array_equal(g.cpu().numpy(), c)
 
@@ -477,26 +483,6 @@ class TestFocusChipsCheaper:
             np.testing.assert_array_equal(ops.focus_chips(prob, 0.2, 3, 6), ops.focus_chips(prob, 0.2, 3, 6, "touching"))
             np.testing.assert_array_equal(ops.focus_chips(prob, 0.2, 3, 6), focus_chips_reference(prob, 0.2, 3, 6))
 
-    @pytest.mark.parametrize("device", DEVICES)
-    def test_batched_equals_reference_per_map(self, device):
-        rng = np.random.default_rng(14)
-        for _ in range(40):
-            batch, height, width = int(rng.integers(1, 6)), int(rng.integers(1, 40)), int(rng.integers(1, 40))
-            probs = np.full((batch, height, width), np.nan, np.float32)
-            valid = np.stack([rng.integers(0, height + 1, batch), rng.integers(0, width + 1, batch)], 1)
-            expected, expected_index = [], []
-            for b, (h, w) in enumerate(valid):
-                probs[b, :h, :w] = random_focus_map(rng, shape=(h, w)) if h and w else 0
-                if h and w:
-                    ref = focus_chips_cheaper_reference(probs[b, :h, :w], 0.2, 3, 8)
-                    expected.append(ref)
-                    expected_index += [b] * len(ref)
-            chips, index = ops.focus_chips_batched(on_device(probs, device), valid.astype(np.int32), 0.2, 3, 8,
-                                                   "cheaper")
-            chips, index = from_device(chips, device), from_device(index, device)
-            np.testing.assert_array_equal(chips, np.concatenate(expected).reshape(-1, 4) if expected else np.zeros((0, 4)))
-            np.testing.assert_array_equal(index, expected_index)
-
     def test_bad_merge(self):
         prob = np.zeros((5, 6), np.float32)
         for merge in ("Cheaper", "", None, 1):
@@ -504,99 +490,6 @@ class TestFocusChipsCheaper:
                 ops.focus_chips(prob, 0.5, 3, 4, merge)
         with pytest.raises(ValueError, match="^merge: 'cheaper' takes maps of up to 65535"):
             ops.focus_chips(np.zeros((600, 600), np.float32), 0.5, 3, 4, "cheaper")
-
-    @needs_cuda
-    @pytest.mark.cuda
-    def test_cuda_matches_cpu(self):
-        rng = np.random.default_rng(15)
-        for _ in range(200):
-            prob = random_focus_map(rng, 130)
-            t, d, k = float(rng.choice([0.02, 0.2])), int(rng.choice([1, 3])), int(rng.integers(1, 25))
-            np.testing.assert_array_equal(
-                ops.focus_chips(torch.from_numpy(prob).cuda(), t, d, k, "cheaper").cpu().numpy(),
-                ops.focus_chips(prob, t, d, k, "cheaper"))
-        prob = random_focus_map(rng, shape=(400, 400))  # the global-memory kernel
-        np.testing.assert_array_equal(ops.focus_chips(torch.from_numpy(prob).cuda(), 0.2, 3, 8, "cheaper").cpu().numpy(),
-                                      ops.focus_chips(prob, 0.2, 3, 8, "cheaper"))
-
-# ---------------------------------------------------------------------------------------------
-
-class TestChipsToImage:
-    @pytest.mark.parametrize("device", DEVICES)
-    def test_random_chips_match_reference(self, device):
-        rng = np.random.default_rng(12)
-        for _ in range(CASES_PER_DEVICE // 10):  # 10 chips per call
-            m = 10
-            map_h, map_w = (int(v) for v in rng.integers(1, 60, 2))
-            x1, y1 = rng.integers(0, map_w, m), rng.integers(0, map_h, m)
-            chips = np.stack([x1, y1, x1 + rng.integers(1, map_w + 1 - x1), y1 + rng.integers(1, map_h + 1 - y1)], 1)
-            stride, k = int(rng.choice([8, 16])), int(rng.integers(1, 25))
-            # the real input is up to one stride smaller than the map (padding)
-            input_hw = (max(1, map_h * stride - int(rng.integers(0, stride))),
-                        max(1, map_w * stride - int(rng.integers(0, stride))))
-            scale = float(rng.uniform(0.3, 3))
-            offset = tuple(rng.uniform(0, 500, 2))
-            if rng.random() < 0.5:  # per-chip parameters (batched form)
-                scale = rng.uniform(0.3, 3, m).astype(np.float32)
-                input_hw = np.stack([rng.integers(1, map_h * stride + 1, m), rng.integers(1, map_w * stride + 1, m)], 1)
-                offset = rng.uniform(0, 500, (m, 2))
-            out = from_device(ops.chips_to_image(on_device(chips.astype(np.int32), device), stride, scale, input_hw, k, offset), device)
-            assert out.dtype == np.float32 and out.shape == (m, 4)
-            np.testing.assert_allclose(out, chips_to_image_reference(chips, stride, scale, input_hw, k, offset),
-                                       rtol=1e-6, atol=1e-4)
-
-    def test_hand_worked(self):
-        # A 16-cell chip on a 30-cell map over a 470-px-wide input: cells 14..30 -> px 224..480, clipped
-        # to 470 (246 px < 256): extended back to 214..470. Rows 0..16 -> 0..256 inside 300 px: unchanged.
-        out = ops.chips_to_image(np.array([[14, 0, 30, 16]]), 16, 2.0, (300, 470), 16, offset=(100, 50))
-        np.testing.assert_allclose(out, [[214 / 2 + 100, 0 + 50, 470 / 2 + 100, 256 / 2 + 50]])
-        # input smaller than k * stride: the chip is the whole input
-        out = ops.chips_to_image(np.array([[0, 0, 16, 16]]), 16, 1.0, (100, 200), 16)
-        np.testing.assert_allclose(out, [[0, 0, 200, 100]])
-
-    @pytest.mark.parametrize("device", DEVICES)
-    def test_empty(self, device):
-        out = from_device(ops.chips_to_image(on_device(np.zeros((0, 4), np.int32), device), 16, 1.0, (10, 10), 4), device)
-        assert out.shape == (0, 4) and out.dtype == np.float32
-
-    def test_bad_input(self):
-        chips = np.array([[0, 0, 4, 4]], np.int32)
-        with pytest.raises(TypeError, match="^chips:"):
-            ops.chips_to_image(chips.astype(np.float32), 16, 1.0, (10, 10), 4)
-        with pytest.raises(ValueError, match="^chips:"):
-            ops.chips_to_image(chips[:, :3], 16, 1.0, (10, 10), 4)
-        with pytest.raises(ValueError, match="^stride:"):
-            ops.chips_to_image(chips, 0, 1.0, (10, 10), 4)
-        with pytest.raises(ValueError, match="^scale:"):
-            ops.chips_to_image(chips, 16, -1.0, (10, 10), 4)
-        with pytest.raises(ValueError, match="^scale:"):
-            ops.chips_to_image(chips, 16, [1.0, 2.0], (10, 10), 4)
-        with pytest.raises(ValueError, match="^input_hw:"):
-            ops.chips_to_image(chips, 16, 1.0, (0, 10), 4)
-        with pytest.raises(ValueError, match="^input_hw:"):
-            ops.chips_to_image(chips, 16, 1.0, (10, 10, 3), 4)
-        with pytest.raises(ValueError, match="^offset:"):
-            ops.chips_to_image(chips, 16, 1.0, (10, 10), 4, offset=(np.nan, 0))
-        with pytest.raises(ValueError, match="^min_size:"):
-            ops.chips_to_image(chips, 16, 1.0, (10, 10), 0)
-        with pytest.raises(TypeError, match="^scale:"):
-            ops.chips_to_image(chips, 16, ["a"], (10, 10), 4)
-
-    def test_per_chip_parameters_as_tensors(self):
-        chips = torch.tensor([[0, 0, 4, 4], [2, 2, 8, 8]], dtype=torch.int32)
-        scale, hw, offset = torch.tensor([1.0, 2.0]), torch.tensor([[50, 60], [100, 120]]), torch.tensor([[1.0, 2], [3, 4]])
-        out = ops.chips_to_image(chips, 16, scale, hw, 4, offset)
-        assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
-        np.testing.assert_allclose(out.numpy(), chips_to_image_reference(chips.numpy(), 16, scale.numpy(), hw.numpy(), 4,
-                                                                         offset.numpy()), rtol=1e-6)
-
-    @needs_cuda
-    @pytest.mark.cuda
-    def test_cuda_matches_cpu(self):
-        chips = np.random.default_rng(13).integers(0, 30, (100, 4)).astype(np.int32)
-        chips[:, 2:] = chips[:, :2] + 1 + chips[:, 2:]
-        gpu = ops.chips_to_image(torch.from_numpy(chips).cuda(), 16, 1.7, (400, 500), 16, (3, 4))
-        np.testing.assert_array_equal(gpu.cpu().numpy(), ops.chips_to_image(chips, 16, 1.7, (400, 500), 16, (3, 4)))
 
 
 # ---------------------------------------------------------------------------------------------
