@@ -74,8 +74,8 @@ AF_HD void focus_enclose(const int32_t* a, const int32_t* b, int k, int height, 
 
 // A round's choice as one orderable key: 0 = no pair may merge; else (saving + 1) in the high word and the
 // complement of the pair index p = i * count + j in the low word, so the largest key is the largest saving,
-// ties to the first pair in (i, j) order. (p < count^2 <= max_components^2 fits 32 bits for maps of up to
-// ~2^16 cells a side; the bindings check count <= 65535.)
+// ties to the first pair in (i, j) order. (p < count^2 < 2^32 while count <= 65535: runtime/ops/maps.py
+// refuses maps that could hold more components, and the CPU and CUDA entry points check it again.)
 AF_HD uint64_t focus_pair_key(int32_t saving, int64_t pair) {
   return (static_cast<uint64_t>(saving) + 1u) << 32 | (0xffffffffu - static_cast<uint32_t>(pair));
 }
@@ -140,8 +140,8 @@ AF_HD void focus_write_sorted(const int32_t* rects, int32_t count, int32_t* sort
 enum FocusMerge : int { kMergeTouching = 0, kMergeCheaper = 1 };
 
 // One map: prob rows are `pitch` floats apart, the map is height x width. Writes up to
-// max_components(height, width) rows of [x1, y1, x2, y2) to chips, in (y1, x1) order, and returns how many;
-// -1 when prob holds NaN or inf.
+// max_components(height, width) rows of [x1, y1, x2, y2) to chips, in (y1, x1) order ((y1, x1, y2, x2) with
+// kMergeCheaper), and returns how many; -1 when prob holds NaN or inf. merge: a FocusMerge.
 int32_t focus_chips_cpu(const float* prob, int height, int width, int pitch, float threshold, int dilation,
                         int min_size, int merge, int32_t* chips);
 
