@@ -117,11 +117,12 @@ AF_HD int32_t focus_apply_pair(int32_t* rects, int32_t count, uint64_t key, int 
 
 // Output order of the cheaper rule: (y1, x1, y2, x2), equal rectangles by index.
 AF_HD bool focus_rect_before(const int32_t* rects, int32_t q, int32_t r) {
-  const int order[4] = {1, 0, 3, 2};
-  for (int c = 0; c < 4; ++c) {
-    const int32_t a = rects[4 * q + order[c]], b = rects[4 * r + order[c]];
-    if (a != b) return a < b;
-  }
+  const int32_t* a = rects + 4 * q;
+  const int32_t* b = rects + 4 * r;
+  if (a[1] != b[1]) return a[1] < b[1];
+  if (a[0] != b[0]) return a[0] < b[0];
+  if (a[3] != b[3]) return a[3] < b[3];
+  if (a[2] != b[2]) return a[2] < b[2];
   return q < r;
 }
 
