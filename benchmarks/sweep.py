@@ -44,7 +44,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/sweep.py`: the checko
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common
-from runtime.ops.maps import MERGE_RULES
+from runtime.ops.maps import DEFAULT_MERGE, MERGE_RULES
 
 DEFAULT_GRID = "t1=0.01,0.02,0.05,0.1;t2=0.1,0.2,0.3,0.5;d=1,3"
 KEYS = {"t": "threshold", "d": "dilation", "k": "min_size", "s": "box_score", "m": "box_max", "r": "merge"}
@@ -199,7 +199,7 @@ def label(params: list[dict]) -> str:
     return " ".join(f"t{i + 1}={p['threshold']:g} d{i + 1}={p['dilation']} k{i + 1}={p['min_size']}"
                     + (f" s{i + 1}={p['box_score']:g}" if p.get("box_score") is not None else "")
                     + (f" m{i + 1}={p['box_max']:g}" if p.get("box_max") is not None else "")
-                    + (f" r{i + 1}={p['merge']}" if p.get("merge", "touching") != "touching" else "")
+                    + (f" r{i + 1}={p['merge']}" if p.get("merge", DEFAULT_MERGE) != DEFAULT_MERGE else "")
                     for i, p in enumerate(params))
 
 

@@ -308,7 +308,7 @@ def cascade_input_sizes(image_hw, boxes, scales=DEFAULT_SCALES, chip_params=DEFA
             map_hw = (math.ceil(rh / FOCUS_STRIDE), math.ceil(rw / FOCUS_STRIDE))
             prob = _paint_focus(boxes, region, factors[s - 1], map_hw)
             cells = _focus_chips_cells(prob, params["threshold"], params["dilation"], params["min_size"],
-                                       params.get("merge", "touching"))
+                                       params.get("merge", ops.DEFAULT_MERGE))
             for chip in _chip_regions(cells, region, factors[s - 1], (rh, rw), params["min_size"]):
                 size = resized_size(chip, factors[s])
                 if min(size) >= 1:  # (the cascade drops a chip that resizes to nothing)

@@ -98,7 +98,7 @@ def merge_detections(parts: list[dict], inference: dict) -> tuple[np.ndarray, np
 def focus_chips_in_image(runner_output: dict, chip_params: dict, focus_stride: int) -> np.ndarray:
     """FocusChips (Algorithm 1) of one whole-image focus map, in original-image pixels."""
     cells = ops.focus_chips(runner_output["focus"], chip_params["threshold"], chip_params["dilation"],
-                            chip_params["min_size"], chip_params.get("merge", "touching"))
+                            chip_params["min_size"], chip_params.get("merge", ops.DEFAULT_MERGE))
     return ops.chips_to_image(cells, focus_stride, runner_output["factor"], runner_output["input_hw"],
                               chip_params["min_size"])
 

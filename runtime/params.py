@@ -73,7 +73,7 @@ from dataclasses import dataclass
 
 # One number check for the whole package: finite, with an optional lower bound.
 from .ops import _number
-from .ops.maps import MERGE_RULES
+from .ops.maps import DEFAULT_MERGE, MERGE_RULES
 
 PADDINGS = ("bucket", "divisor", "shared")
 PACKINGS = ("none", "canvas")
@@ -268,7 +268,7 @@ def _chip_params(value, i: int) -> dict:
         box_max = _number(box_max, f"{name} box_max", 0)
         if box_max <= 0:
             raise ValueError(f"{name} box_max: expected a side in original pixels > 0 or None, got {box_max}")
-    merge = value.get("merge", "touching")
+    merge = value.get("merge", DEFAULT_MERGE)
     if merge not in MERGE_RULES:
         raise ValueError(f"{name} merge: expected one of {list(MERGE_RULES)}, got {merge!r}")
     return {"threshold": _number(value["threshold"], f"{name} threshold"), "dilation": dilation,

@@ -510,7 +510,11 @@ def test_merge_rule_is_checked(engine):
     image = val_images(1)[0][0]
     with pytest.raises(ValueError, match=r"chip_params\[1\] merge: expected one of \['touching', 'cheaper'\]"):
         engine(image, chip_params=[{}, {"merge": "smallest"}])
-    assert engine.params.chip_params[0]["merge"] in ("touching", "cheaper")
+    # An entry without the key takes the paper's rule; an override sets one transition's, key by key.
+    assert "merge" not in engine.bundle.chip_params[0]
+    chosen = resolve(bundle_values(engine.bundle), {"chip_params": [{}, {"merge": "cheaper"}]}).chip_params
+    assert [c["merge"] for c in chosen] == ["touching", "cheaper"]
+    assert chosen[1]["threshold"] == engine.bundle.chip_params[1]["threshold"]
 
 
 def test_box_score_is_checked(engine):

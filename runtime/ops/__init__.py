@@ -13,8 +13,9 @@ trusted_values), maps (dilate, connected components, FocusChips, chips_to_image,
 from ._checks import _C, _number, deferred_checks, to_device, trusted_values, with_cuda
 from .boxes import decode, nms, soft_nms, soft_nms_segments, stack_prune, top_k
 from .crops import crop_resize, crop_resize_images
-from .maps import chips_to_image, connected_components, dilate, focus_chips, focus_chips_batched, paint_boxes
+from .maps import (DEFAULT_MERGE, MERGE_RULES, chips_to_image, connected_components, dilate, focus_chips,
+                   focus_chips_batched, paint_boxes)
 
-__all__ = ["chips_to_image", "connected_components", "crop_resize", "crop_resize_images", "decode",
+__all__ = ["DEFAULT_MERGE", "MERGE_RULES", "chips_to_image", "connected_components", "crop_resize", "crop_resize_images", "decode",
            "deferred_checks", "dilate", "focus_chips", "focus_chips_batched", "nms", "paint_boxes", "soft_nms",
            "soft_nms_segments", "stack_prune", "to_device", "top_k", "trusted_values", "with_cuda"]

@@ -11,6 +11,7 @@ from ._checks import (_array, _check_boxes, _cuda_ext, _cuda_stream, _ext, _fail
 
 _MAX_CELLS = 2**31 - 1  # the kernels index map cells with int32
 MERGE_RULES = ("touching", "cheaper")  # Algorithm 1's step 5 (csrc/ops/focus_chips.h: FocusMerge)
+DEFAULT_MERGE = "touching"  # the paper's: a chip_params entry without "merge" means it
 _MAX_CHEAPER_COMPONENTS = 65535  # the cheaper rule's pair keys hold a pair index in 32 bits
 
 
@@ -107,7 +108,7 @@ def _focus_chips(probs, valid_hw: np.ndarray, threshold, dilation, min_size, mer
     return _same_kind(chips, like), _same_kind(batch_index, like)
 
 
-def focus_chips(prob, threshold: float, dilation: int, min_size: int, merge: str = "touching"):
+def focus_chips(prob, threshold: float, dilation: int, min_size: int, merge: str = DEFAULT_MERGE):
     """FocusChips, Algorithm 1 of docs/design.md, on one (H, W) float32 focus map.
 
     binary = prob >= threshold (compared in float32); dilate with a dilation x dilation square; one
@@ -129,13 +130,15 @@ def focus_chips(prob, threshold: float, dilation: int, min_size: int, merge: str
     return chips
 
 
-def focus_chips_batched(probs, valid_hw, threshold: float, dilation: int, min_size: int, merge: str = "touching"):
+def focus_chips_batched(probs, valid_hw, threshold: float, dilation: int, min_size: int,
+                        merge: str = DEFAULT_MERGE):
     """focus_chips over a batch: probs (B, H, W) float32, valid_hw (B, 2) ints, each map's valid region
     (rows/columns beyond it are padding, ignored: map b is probs[b, :h, :w]).
 
     Returns chips (M, 4) int32 in cells and batch_index (M,) int32, map by map in batch order, each map's
-    chips as focus_chips gives them (merge: its step-5 rule). On CUDA: one launch over the batch, one thread block per map (sized
-    for focus maps, ~100 x 130 cells at most), plus one launch that gathers the chips in batch order;
+    chips as focus_chips gives them (merge: its step-5 rule). On CUDA: one launch over the batch, one thread
+    block per map (sized for focus maps, ~100 x 130 cells at most), plus one launch that gathers the chips in
+    batch order;
     valid_hw is checked on the host and the chip count is the one value the host reads.
     """
     p = _array(probs, "probs", (np.float32,), ndim=3)
