@@ -16,6 +16,7 @@ from .crops import crop_resize, crop_resize_images
 from .maps import (DEFAULT_MERGE, MERGE_RULES, chips_to_image, connected_components, dilate, focus_chips,
                    focus_chips_batched, paint_boxes)
 
-__all__ = ["DEFAULT_MERGE", "MERGE_RULES", "chips_to_image", "connected_components", "crop_resize", "crop_resize_images", "decode",
-           "deferred_checks", "dilate", "focus_chips", "focus_chips_batched", "nms", "paint_boxes", "soft_nms",
-           "soft_nms_segments", "stack_prune", "to_device", "top_k", "trusted_values", "with_cuda"]
+__all__ = ["DEFAULT_MERGE", "MERGE_RULES", "chips_to_image", "connected_components", "crop_resize",
+           "crop_resize_images", "decode", "deferred_checks", "dilate", "focus_chips", "focus_chips_batched", "nms",
+           "paint_boxes", "soft_nms", "soft_nms_segments", "stack_prune", "to_device", "top_k", "trusted_values",
+           "with_cuda"]

@@ -138,8 +138,7 @@ def focus_chips_batched(probs, valid_hw, threshold: float, dilation: int, min_si
     Returns chips (M, 4) int32 in cells and batch_index (M,) int32, map by map in batch order, each map's
     chips as focus_chips gives them (merge: its step-5 rule). On CUDA: one launch over the batch, one thread
     block per map (sized for focus maps, ~100 x 130 cells at most), plus one launch that gathers the chips in
-    batch order;
-    valid_hw is checked on the host and the chip count is the one value the host reads.
+    batch order; valid_hw is checked on the host and the chip count is the one value the host reads.
     """
     p = _array(probs, "probs", (np.float32,), ndim=3)
     _check_cells(p.shape, "probs")

@@ -83,7 +83,8 @@ __device__ int32_t block_grown_component_rects(const uint8_t* mask, int height, 
 // every thread finds its best pair (focus_best_pair_key), the block takes the maximum, thread 0 merges
 // it; the same rounds as focus_chips_cpu's serial loop. Every thread calls it and gets the count.
 // Not inlined: inlined into the 1024-thread shared kernel (64 registers a thread) it made ptxas spill.
-__device__ __noinline__ int32_t block_merge_cheaper(int32_t* rects, int32_t count, int min_size, int height, int width) {
+__device__ __noinline__ int32_t block_merge_cheaper(int32_t* rects, int32_t count, int min_size, int height,
+                                                    int width) {
   __shared__ unsigned long long best;
   const int tid = threadIdx.x, threads = blockDim.x;
   while (true) {
