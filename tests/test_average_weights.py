@@ -11,21 +11,13 @@ import torch
 from model.average_weights import average_checkpoints
 from model.checkpoint import load_model, read_checkpoint, save_checkpoint
 from model.network import build_model
+from model_fixtures import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_NET = {"widths": [8, 16, 16, 32, 32], "blocks": [1, 1, 1, 1, 1], "fpn_width": 16, "head_width": 16,
-            "head_convs": 1, "focus_width": 16}
-
-
-def _config():
-    from model.config import load_config
-    config = load_config(REPO / "model" / "configs" / "default.json")
-    config["network"] = dict(config["network"], **TINY_NET)
-    return config
 
 
 def _checkpoint(path, seed, classes=("a", "b"), config=None, **extra):
-    config = config or _config()
+    config = config or tiny_config()
     torch.manual_seed(seed)
     model = build_model(config, len(classes))
     with torch.no_grad():  # BatchNorm statistics away from their initial values, so averaging them shows
@@ -63,7 +55,7 @@ def test_cli_refuses_existing_output_and_mismatched_checkpoints(tmp_path):
     a = _checkpoint(tmp_path / "a.pt", 1)
     b = _checkpoint(tmp_path / "b.pt", 2)
     other_classes = _checkpoint(tmp_path / "c.pt", 3, classes=("a", "b", "c"))
-    wider = _config()
+    wider = tiny_config()
     wider["network"]["head_width"] = 32
     other_net = _checkpoint(tmp_path / "d.pt", 4, config=wider)
     taken = tmp_path / "taken.pt"

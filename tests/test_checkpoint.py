@@ -12,18 +12,10 @@ import torch
 
 from model.checkpoint import load_model, read_checkpoint, save_checkpoint
 from model.network import build_model
+from model_fixtures import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "model" / "checkpoints" / "default.pt"
-TINY_NET = {"widths": [8, 16, 16, 32, 32], "blocks": [1, 1, 1, 1, 1], "fpn_width": 16, "head_width": 16,
-            "head_convs": 1, "focus_width": 16}
-
-
-def _tiny_config():
-    from model.config import load_config
-    config = load_config(REPO / "model" / "configs" / "default.json")
-    config["network"] = dict(config["network"], **TINY_NET)
-    return config
 
 
 def test_shipped_checkpoint_loads_as_plain_data():
@@ -35,7 +27,7 @@ def test_shipped_checkpoint_loads_as_plain_data():
 
 
 def test_round_trip_keeps_weights_and_extras(tmp_path):
-    config = _tiny_config()
+    config = tiny_config()
     torch.manual_seed(3)
     model = build_model(config, 2)
     save_checkpoint(tmp_path / "sub" / "m.pt", model, config, ["a", "b"], step=5, history=[{"loss": 1.5}])
@@ -71,7 +63,7 @@ def test_files_that_are_not_checkpoints_are_refused_naming_the_file(tmp_path, ma
 
 
 def test_truncated_checkpoint_is_refused_naming_the_file(tmp_path):
-    config = _tiny_config()
+    config = tiny_config()
     save_checkpoint(tmp_path / "full.pt", build_model(config, 2), config, ["x", "y"])
     data = (tmp_path / "full.pt").read_bytes()
     for cut in (len(data) // 2, len(data) - 100, 10):

@@ -13,11 +13,9 @@ from model.focus_refit import cell_weights, coverage_at_recall, main, map_labels
 from model.labels import FOCUS_IGNORE, focus_labels, focus_positive_spans
 from model.network import build_model
 from model.synth import generate_split
+from model_fixtures import TINY_NET
 
 torch.set_num_threads(2)
-
-TINY_NET = {"widths": [8, 16, 16, 32, 32], "blocks": [1, 1, 1, 1, 1], "fpn_width": 16, "head_width": 16,
-            "head_convs": 1, "focus_width": 16}
 
 
 class LogitIsFeature(torch.nn.Module):
