@@ -4,7 +4,7 @@
 
 Why: two runs trained on from the same checkpoint stay in one basin of the loss, and the element-wise mean
 of their weights is often a better network than either (Wortsman et al., "Model soups", ICML 2022). The
-shipped model is such a mean (docs/experiments.md, "The shipped model's weights averaged"). Every
+shipped model is such a mean (docs/experiments.md, "The two models' weights averaged"). Every
 floating-point tensor is averaged in float64, BatchNorm's running statistics included (the mean of two
 networks' statistics is what the mean network sees closely enough for these small steps); integer tensors
 (BatchNorm's step counters) come from the last checkpoint. The result carries the last checkpoint's config
