@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks import common, fps, peers, sweep, visualize
+from benchmarks import chip_coverage, common, fps, peers, sweep, visualize
 from benchmarks import hotspots
 from benchmarks import settings as batching_settings
 from engine_fixtures import TEST_CHIP_PARAMS, TEST_SCALES, shared_bundle
@@ -449,3 +449,58 @@ def test_fps_bootstrap_intervals(tiny, tmp_path, capsys):
     # the point estimates are fps's own pycocotools AP
     for r in modes.values():
         assert r["AP_vs_sniper"] == pytest.approx(r["AP"] - modes["sniper"]["AP"], abs=0.01)
+
+
+# ------------------------------------------------------------------------------------ chip_coverage
+
+def test_held_whole_against_a_loop():
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0, 100, (60, 2))
+    objects = np.concatenate([xy, xy + rng.uniform(1, 30, (60, 2))], 1)
+    cxy = rng.uniform(0, 80, (9, 2))
+    chips = np.concatenate([cxy, cxy + rng.uniform(10, 60, (9, 2))], 1)
+    expected = [any(c[0] - 0.5 <= o[0] and c[1] - 0.5 <= o[1] and o[2] <= c[2] + 0.5 and o[3] <= c[3] + 0.5
+                    for c in chips) for o in objects]
+    assert chip_coverage.held_whole(objects, chips).tolist() == expected
+    assert 0 < sum(expected) < len(expected)  # the draw has both kinds
+    # Hand-worked: the chip itself is held; a side 0.4 px out is within the tolerance, 0.6 px out is not.
+    chip = np.array([[10, 10, 50, 50]], np.float32)
+    boxes = np.array([[10, 10, 50, 50], [9.6, 20, 30, 30], [9.4, 20, 30, 30], [20, 20, 50.6, 30]], np.float32)
+    assert chip_coverage.held_whole(boxes, chip).tolist() == [True, True, False, False]
+    assert chip_coverage.held_whole(boxes, np.zeros((0, 4))).tolist() == [False] * 4
+    assert chip_coverage.held_whole(np.zeros((0, 4)), chip).shape == (0,)
+
+
+def test_size_bins():
+    edges = chip_coverage.parse_bins("8,16,32")
+    boxes = np.array([[0, 0, 4, 4], [0, 0, 8, 8], [0, 0, 4, 36], [0, 0, 20, 20], [0, 0, 32, 32], [0, 0, 100, 1]],
+                     np.float32)
+    # sqrt(area): 4 (below the first edge), 8, 12, 20, 32 (the last bin is open), 10
+    assert chip_coverage.size_bin(boxes, edges).tolist() == [-1, 0, 0, 1, 2, 0]
+    for bad in ("", "8,8", "16,8", "-1,4", "a,b", "4,inf"):
+        with pytest.raises(ValueError, match="bins"):
+            chip_coverage.parse_bins(bad)
+
+
+def test_chip_coverage_main(tiny, tmp_path, capsys):
+    bundle, annotations, _ = tiny
+    out = tmp_path / "coverage.json"
+    # Threshold 0 opens both transitions: every finer scale runs on the whole image, so it holds every object
+    # (the generated boxes lie inside their images); at 0.99 no more of them than that.
+    assert chip_coverage.main(["--bundle", bundle, "--annotations", annotations, "--grid", "t1=0,0.99;t2=0",
+                               "--bins", "0,32,96", "--json", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "held by a scale-2 chip" in text and "held by a scale-3 chip" in text and ">= 96" in text
+    record = json.loads(out.read_text())
+    from model.data import load_coco
+    coco = load_coco(annotations)
+    sizes = np.concatenate([np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])) for b in coco.boxes.values()])
+    expected = np.histogram(sizes, bins=[0, 32, 96, np.inf])[0].tolist()
+    open_all, strict = record["settings"]
+    assert record["images"] == 2 and record["bins"] == [0, 32, 96]
+    assert open_all["objects"] == expected == strict["objects"] and sum(expected) > 0
+    assert open_all["held"] == [expected, expected]
+    for scale in range(2):
+        assert all(h <= n for h, n in zip(strict["held"][scale], expected))
+    assert chip_coverage.main(["--bundle", bundle, "--annotations", annotations, "--bins", "8,4"]) == 2
+    assert "bins" in capsys.readouterr().err
