@@ -59,9 +59,8 @@ def held_whole(objects: np.ndarray, chips: np.ndarray, tolerance: float = TOLERA
 def size_bin(boxes: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """The bin of each box by sqrt(area): i where edges[i] <= size < edges[i + 1] (the last: size >=
     edges[-1]); -1 below edges[0]."""
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    size = np.sqrt(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None))
-    return np.searchsorted(edges, size, side="right") - 1
+    from model.labels import box_sizes
+    return np.searchsorted(edges, box_sizes(boxes), side="right") - 1
 
 
 def coverage(engine, eval_set: common.EvalSet, settings: list, edges: np.ndarray, progress: bool = True) -> list:
@@ -116,9 +115,7 @@ def main(argv=None) -> int:
             raise ValueError("bundle: one scale only; there are no finer scales to cover")
         base = [dict(p) for p in engine.params.chip_params]
         settings = sweep.grid_settings(sweep.parse_grid(args.grid, len(base)), base) if args.grid else [base]
-        from runtime import params
-        for setting in settings:  # the engine's own checks, before the long part
-            params.resolve(params.bundle_values(engine.bundle), {"chip_params": setting})
+        sweep.check_settings(engine, settings)
         eval_set = common.eval_set_from_args(args)
         results = coverage(engine, eval_set, settings, edges, progress=not args.no_progress)
     except common.USER_ERRORS as e:

@@ -195,6 +195,14 @@ def format_breakdown(rows: list) -> str:
                                          for r in rows])
 
 
+def check_settings(engine, settings: list) -> None:
+    """The engine's own checks of each setting's chip_params (odd dilation, ...), before the long part:
+    ValueError/TypeError naming the parameter."""
+    from runtime import params
+    for setting in settings:
+        params.resolve(params.bundle_values(engine.bundle), {"chip_params": setting})
+
+
 def label(params: list[dict]) -> str:
     return " ".join(f"t{i + 1}={p['threshold']:g} d{i + 1}={p['dilation']} k{i + 1}={p['min_size']}"
                     + (f" s{i + 1}={p['box_score']:g}" if p.get("box_score") is not None else "")
@@ -332,9 +340,7 @@ def main(argv=None) -> int:
         settings = grid_settings(parse_grid(args.grid, len(base)), base)
         named = breakdown_settings(base) if args.breakdown else []
         settings += [params for _, params in named if params not in settings]
-        from runtime import params
-        for setting in settings:  # the engine's own checks (odd dilation, ...), before the long part
-            params.resolve(params.bundle_values(engine.bundle), {"chip_params": setting})
+        check_settings(engine, settings)
         if args.budget is not None:
             best_within_budget([], args.budget)  # checks the budget before the long part
         if args.max_loss is not None:

@@ -504,3 +504,5 @@ def test_chip_coverage_main(tiny, tmp_path, capsys):
         assert all(h <= n for h, n in zip(strict["held"][scale], expected))
     assert chip_coverage.main(["--bundle", bundle, "--annotations", annotations, "--bins", "8,4"]) == 2
     assert "bins" in capsys.readouterr().err
+    assert chip_coverage.main(["--bundle", bundle, "--annotations", annotations, "--grid", "d1=2"]) == 2
+    assert "dilation" in capsys.readouterr().err
