@@ -75,8 +75,8 @@ def coverage(engine, eval_set: common.EvalSet, settings: list, edges: np.ndarray
         keep = which >= 0
         boxes, which = boxes[keep], which[keep]
         with common.network_tap(engine, cache={}):  # scale 1 runs once for every setting
-            for count, chip_params in zip(counts, settings):
-                det = engine(image, mode="autofocus", chip_params=chip_params)
+            for count, overrides in zip(counts, settings):  # sweep.setting: the engine's overrides
+                det = engine(image, mode="autofocus", **overrides)
                 np.add.at(count["objects"], which, 1)
                 for s in range(finer):
                     np.add.at(count["held"][s], which[held_whole(boxes, det.chips[s + 1])], 1)
@@ -113,8 +113,9 @@ def main(argv=None) -> int:
         engine = common.open_engine(args.bundle, args.backend, args.device)
         if len(engine.params.scales) < 2:
             raise ValueError("bundle: one scale only; there are no finer scales to cover")
-        base = [dict(p) for p in engine.params.chip_params]
-        settings = sweep.grid_settings(sweep.parse_grid(args.grid, len(base)), base) if args.grid else [base]
+        base = sweep.setting(engine.params.chip_params, engine.params.coarse_scale)
+        settings = (sweep.grid_settings(sweep.parse_grid(args.grid, len(base["chip_params"])), base["chip_params"],
+                                        base["coarse_scale"]) if args.grid else [base])
         sweep.check_settings(engine, settings)
         eval_set = common.eval_set_from_args(args)
         results = coverage(engine, eval_set, settings, edges, progress=not args.no_progress)
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
             "bundle": str(engine.bundle.folder), "annotations": str(eval_set.coco.annotations_path),
             "images": len(eval_set.infos), "backend": engine.backend_name, "device": engine.device,
             "grid": args.grid, "bins": edges.tolist(), "machine": common.machine(), "versions": common.versions(),
-            "settings": [{"chip_params": s, "label": sweep.label(s), **r} for s, r in zip(settings, results)]})
+            "settings": [{**s, "label": sweep.label(s), **r} for s, r in zip(settings, results)]})
     return 0
 
 

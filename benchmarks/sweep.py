@@ -8,7 +8,9 @@ Grid keys (per scale transition i = 1, 2, ...): t<i> threshold, d<i> dilation (o
 cells of the coarser focus map, s<i> box_score (detection-guided chips, runtime/params.py; "none": off),
 m<i> box_max (the largest box those paint, original px; "none": the finer scale's valid range),
 r<i> merge (Algorithm 1's step 5: touching or cheaper, runtime/ops/maps.py focus_chips);
-"t", "d", "k", "s", "m", "r" without a number are one axis that sets every transition to the same value. A
+"t", "d", "k", "s", "m", "r" without a number are one axis that sets every transition to the same value;
+c AutoFocus's coarse scale, min_side x max_side (c=480x512,570x608; "none": the bundle's; runtime/params.py
+coarse_scale: scale 1 at that size for AutoFocus, sniper and the single scales keep the bundle's). A
 parameter not given keeps the bundle's value. Default grid: t1 in {0.01, 0.02, 0.05, 0.1}, t2 in {0.1, 0.2,
 0.3, 0.5}, d in {1, 3}: 32 settings.
 
@@ -18,8 +20,8 @@ points are sniper (ratio 1) and each single scale.
 
 Cost: the network is deterministic, so its outputs are reused wherever the same input comes back
 (common.network_tap's cache, keyed on the batch's bytes, per image): scale 1 runs once per image for
-the whole grid (and is shared with sniper and single1), scale 2 once per distinct transition-1
-setting (the grid is walked with transition 1 outermost), and sniper's whole-image scales 2 and 3 are
+the whole grid (and is shared with sniper and single1; once per coarse scale where c is an axis), scale 2
+once per distinct transition-1 setting (the grid is walked with c, then transition 1 outermost), and sniper's whole-image scales 2 and 3 are
 shared with single2 and single3. Only the chips' post-processing and pycocotools run per point.
 Images run one per engine call (batch 1), so the cache keys are per image.
 
@@ -48,6 +50,7 @@ from runtime.ops.maps import DEFAULT_MERGE, MERGE_RULES
 
 DEFAULT_GRID = "t1=0.01,0.02,0.05,0.1;t2=0.1,0.2,0.3,0.5;d=1,3"
 KEYS = {"t": "threshold", "d": "dilation", "k": "min_size", "s": "box_score", "m": "box_max", "r": "merge"}
+COARSE_KEY = "c"  # AutoFocus's coarse scale: one value for the whole cascade, not per transition
 
 
 # ------------------------------------------------------------------------------------ Pareto / budget
@@ -110,16 +113,22 @@ def _number(value, name: str) -> float:
 
 def parse_grid(text: str, transitions: int) -> dict:
     """"t1=0.01,0.02;d=1,3" -> {(transitions, parameter name): [values]}, transitions a tuple of 0-based
-    indices: (0,) for "t1", all of them for "d" (one axis: every transition takes the same value)."""
+    indices: (0,) for "t1", all of them for "d" (one axis: every transition takes the same value);
+    "c=570x608,none" -> {((), "coarse_scale"): [[570.0, 608.0], None]}."""
     grid, taken = {}, set()
     for part in (p.strip() for p in text.split(";")):
         if not part:
             continue
         name, _, values = part.partition("=")
         name = name.strip()
+        if name == COARSE_KEY and values:
+            if ((), "coarse_scale") in grid:
+                raise ValueError(f"grid: {name!r} is given twice")
+            grid[((), "coarse_scale")] = _coarse_values(values)
+            continue
         if not values or not name or name[0] not in KEYS or not (name[1:] == "" or name[1:].isdigit()):
             raise ValueError(f"grid: expected entries like t1=0.01,0.02 (keys t, d, k, s, m, r with an optional "
-                             f"transition number), got {part!r}")
+                             f"transition number; c=570x608 without one), got {part!r}")
         which = tuple(range(transitions)) if name[1:] == "" else (int(name[1:]) - 1,)
         if not all(0 <= w < transitions for w in which):
             raise ValueError(f"grid: {name!r} names transition {name[1:]}, but the bundle has {transitions} "
@@ -140,6 +149,26 @@ def parse_grid(text: str, transitions: int) -> dict:
     return grid
 
 
+def _coarse_values(text: str) -> list:
+    """"480x512,570x608,none" -> [[480.0, 512.0], [570.0, 608.0], None] (min_side x max_side)."""
+    out = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        if item.lower() == "none":
+            out.append(None)
+            continue
+        try:
+            lo, hi = (float(v) for v in item.lower().split("x"))
+        except ValueError:
+            lo = hi = math.nan
+        if not (0 < lo <= hi < math.inf):
+            raise ValueError(f"grid: c: expected min_side x max_side with 0 < min_side <= max_side (e.g. "
+                             f"570x608) or none, got {item!r}")
+        out.append([lo, hi])
+    if not out:
+        raise ValueError("grid: c: no values")
+    return out
+
+
 def _grid_value(kind: str, text: str):
     if kind == "merge":
         if text not in MERGE_RULES:
@@ -150,32 +179,48 @@ def _grid_value(kind: str, text: str):
     return float(text) if kind == "threshold" else int(text)
 
 
-def grid_settings(grid: dict, base: list) -> list[list[dict]]:
-    """Every combination, as full chip_params lists (the bundle's values where the grid says nothing),
-    with transition 1 varying slowest so settings that share it are adjacent."""
-    axes = sorted(grid)  # by first transition: transition 1's axes come first and vary slowest
+def setting(chip_params: list, coarse_scale=None) -> dict:
+    """One point of the sweep, as the engine's per-call overrides (runtime/params.py)."""
+    return {"chip_params": [dict(p) for p in chip_params],
+            "coarse_scale": None if coarse_scale is None else [float(v) for v in coarse_scale]}
+
+
+def grid_settings(grid: dict, base: list, coarse_scale=None) -> list[dict]:
+    """Every combination, as settings (full chip_params lists; the bundle's values, and its coarse_scale,
+    where the grid says nothing), with the coarse scale, then transition 1 varying slowest so settings
+    that share them are adjacent."""
+    axes = sorted(grid)  # () (the coarse scale) first, then by first transition
     settings = []
     for combo in itertools.product(*(grid[a] for a in axes)):
-        params = [dict(p) for p in base]
+        params, coarse = [dict(p) for p in base], coarse_scale
         for (transitions, name), value in zip(axes, combo):
+            if name == "coarse_scale":
+                coarse = value
             for t in transitions:
                 params[t][name] = value
-        settings.append(params)
+        settings.append(setting(params, coarse))
     return settings
 
 
-def breakdown_settings(base: list[dict]) -> list[tuple[str, list[dict]]]:
-    """[(name, chip_params)]: the bundle's setting, each transition opened alone (threshold 0), all open."""
-    opened = lambda which: [dict(p, threshold=0.0) if i in which else dict(p) for i, p in enumerate(base)]  # noqa: E731
-    return ([("bundle", [dict(p) for p in base])]
-            + [(f"open {i + 1}", opened({i})) for i in range(len(base))]
-            + [("open all", opened(set(range(len(base)))))])
+def breakdown_settings(base: dict) -> list[tuple[str, dict]]:
+    """[(name, setting)]: the bundle's setting, each transition opened alone (threshold 0), all open (the
+    coarse scale kept)."""
+    chips = base["chip_params"]
+    opened = lambda which: setting([dict(p, threshold=0.0) if i in which else p  # noqa: E731
+                                    for i, p in enumerate(chips)], base["coarse_scale"])
+    return ([("bundle", setting(chips, base["coarse_scale"]))]
+            + [(f"open {i + 1}", opened({i})) for i in range(len(chips))]
+            + [("open all", opened(set(range(len(chips)))))])
 
 
-def breakdown_rows(points: list, named: list[tuple[str, list[dict]]], sniper: dict) -> list[dict]:
-    """Per breakdown setting: its point (found by chip_params), and against the bundle's point the AP it
-    recovers and the pixels it adds (fractions of sniper's)."""
-    find = lambda params: next(p for p in points if p["chip_params"] == params)  # noqa: E731
+def same_setting(point: dict, s: dict) -> bool:
+    return point["chip_params"] == s["chip_params"] and point.get("coarse_scale") == s["coarse_scale"]
+
+
+def breakdown_rows(points: list, named: list[tuple[str, dict]], sniper: dict) -> list[dict]:
+    """Per breakdown setting: its point, and against the bundle's point the AP it recovers and the
+    pixels it adds (fractions of sniper's)."""
+    find = lambda s: next(p for p in points if same_setting(p, s))  # noqa: E731
     base = find(named[0][1])
     rows = []
     for name, params in named:
@@ -199,16 +244,17 @@ def check_settings(engine, settings: list) -> None:
     """The engine's own checks of each setting's chip_params (odd dilation, ...), before the long part:
     ValueError/TypeError naming the parameter."""
     from runtime import params
-    for setting in settings:
-        params.resolve(params.bundle_values(engine.bundle), {"chip_params": setting})
+    for s in settings:
+        params.resolve(params.bundle_values(engine.bundle), s)
 
 
-def label(params: list[dict]) -> str:
-    return " ".join(f"t{i + 1}={p['threshold']:g} d{i + 1}={p['dilation']} k{i + 1}={p['min_size']}"
+def label(s: dict) -> str:
+    coarse = s.get("coarse_scale")
+    return (f"c={coarse[0]:g}x{coarse[1]:g} " if coarse is not None else "") + " ".join(f"t{i + 1}={p['threshold']:g} d{i + 1}={p['dilation']} k{i + 1}={p['min_size']}"
                     + (f" s{i + 1}={p['box_score']:g}" if p.get("box_score") is not None else "")
                     + (f" m{i + 1}={p['box_max']:g}" if p.get("box_max") is not None else "")
                     + (f" r{i + 1}={p['merge']}" if p.get("merge", DEFAULT_MERGE) != DEFAULT_MERGE else "")
-                    for i, p in enumerate(params))
+                    for i, p in enumerate(s["chip_params"]))
 
 
 # ------------------------------------------------------------------------------------ the sweep
@@ -220,7 +266,7 @@ def sweep(engine, eval_set: common.EvalSet, settings: list, progress: bool = Tru
     scales = len(engine.params.scales)
     refs = [("sniper", "sniper", {})] + [(f"single{s}", "single", {"scale": s}) for s in range(1, scales + 1)]
     runs = [(name, mode, kw) for name, mode, kw in refs] + \
-           [(f"setting{i}", "autofocus", {"chip_params": p}) for i, p in enumerate(settings)]
+           [(f"setting{i}", "autofocus", s) for i, s in enumerate(settings)]
     dets = {name: {} for name, _, _ in runs}
     pix = {name: [0, 0] for name, _, _ in runs}
     for info, image in tqdm(list(zip(eval_set.infos, eval_set.images)), desc="sweep", unit="image",
@@ -241,7 +287,7 @@ def sweep(engine, eval_set: common.EvalSet, settings: list, progress: bool = Tru
 
     return {"sniper": point("sniper"),
             "single": [point(f"single{s}") for s in range(1, scales + 1)],
-            "points": [point(f"setting{i}", chip_params=p, label=label(p)) for i, p in enumerate(settings)]}
+            "points": [point(f"setting{i}", **s, label=label(s)) for i, s in enumerate(settings)]}
 
 
 def collapse_ties(points: list, marks: dict) -> list:
@@ -313,6 +359,12 @@ def plot(result: dict, front: list, out, budget=None, best=None, default_name=No
     plt.close(fig)
 
 
+def _overrides(point: dict) -> str:
+    """The engine overrides that reproduce a point, as they would be typed."""
+    text = f"chip_params={json.dumps(point['chip_params'])}"
+    return text + (f", coarse_scale={json.dumps(point['coarse_scale'])}" if point.get("coarse_scale") else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/sweep.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -336,10 +388,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         engine = common.open_engine(args.bundle, args.backend, args.device)
-        base = [dict(p) for p in engine.params.chip_params]
-        settings = grid_settings(parse_grid(args.grid, len(base)), base)
+        base = setting(engine.params.chip_params, engine.params.coarse_scale)
+        settings = grid_settings(parse_grid(args.grid, len(base["chip_params"])), base["chip_params"],
+                                 base["coarse_scale"])
         named = breakdown_settings(base) if args.breakdown else []
-        settings += [params for _, params in named if params not in settings]
+        settings += [s for _, s in named if s not in settings]
         check_settings(engine, settings)
         if args.budget is not None:
             best_within_budget([], args.budget)  # checks the budget before the long part
@@ -354,7 +407,7 @@ def main(argv=None) -> int:
     best = best_within_budget(points, args.budget) if args.budget is not None else None
     cheapest = (cheapest_within_loss(points, result["sniper"]["AP"], args.max_loss)
                 if args.max_loss is not None else None)
-    default_name = next((p["name"] for p in points if p["chip_params"] == base), None)
+    default_name = next((p["name"] for p in points if same_setting(p, base)), None)
     marks = {p["name"]: "front" for p in front}
     if default_name:
         marks[default_name] = (marks.get(default_name, "") + " bundle").strip()
@@ -375,14 +428,14 @@ def main(argv=None) -> int:
                   f"{fewest:.3f})")
         else:
             print(f"\nbest within {args.budget:g} x sniper's pixels: {best['label']} "
-                  f"(pixels {best['pixels_ratio']:.3f}, AP {best['AP']:.1f}; chip_params={json.dumps(best['chip_params'])})")
+                  f"(pixels {best['pixels_ratio']:.3f}, AP {best['AP']:.1f}; {_overrides(best)})")
     if args.max_loss is not None:
         if cheapest is None:
             print(f"\nno setting is within {args.max_loss:g} AP of sniper ({result['sniper']['AP']:.1f})")
         else:
             print(f"\ncheapest within {args.max_loss:g} AP of sniper: {cheapest['label']} "
                   f"(pixels {cheapest['pixels_ratio']:.3f}, AP {cheapest['AP']:.1f}; "
-                  f"chip_params={json.dumps(cheapest['chip_params'])})")
+                  f"{_overrides(cheapest)})")
     rows = None
     if named:
         rows = breakdown_rows(points, named, result["sniper"])

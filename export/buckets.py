@@ -132,15 +132,17 @@ def min_chip_px(image_hw, scales, chip_params, scale_index: int) -> tuple[int, i
 
 
 def rule_sizes(scales=DEFAULT_SCALES, chip_params=DEFAULT_CHIP_PARAMS, image_sizes=None,
-               steps: int = 6) -> np.ndarray:
-    """Network input sizes the cascade can produce: per image size, the whole image at scale 1 and, at
-    each finer scale, chips whose height and width each run over `steps` values from the minimum chip
-    to the whole (resized) image. (N, 2) int64 (height, width)."""
+               steps: int = 6, coarse_scale=None) -> np.ndarray:
+    """Network input sizes the cascade can produce: per image size, the whole image at scale 1 (and at
+    AutoFocus's coarse_scale where one is set) and, at each finer scale, chips whose height and width
+    each run over `steps` values from the minimum chip to the whole (resized) image. (N, 2) int64
+    (height, width)."""
     scales = _check_scales(scales)
+    coarse = _check_scales([coarse_scale]) if coarse_scale is not None else []
     image_sizes = synth_image_sizes(16) if image_sizes is None else image_sizes
     out = []
     for h, w in image_sizes:
-        out.append(resized(h, w, scale_factor(h, w, scales[0])))
+        out += [resized(h, w, scale_factor(h, w, s)) for s in [scales[0], *coarse]]
         for s in range(1, len(scales)):
             full_h, full_w = resized(h, w, scale_factor(h, w, scales[s]))
             min_h, min_w = min_chip_px((h, w), scales, chip_params, s)
@@ -163,17 +165,20 @@ def scale_bound_buckets(scales=DEFAULT_SCALES) -> list[tuple[int, int]]:
 
 
 def make_buckets(scales=DEFAULT_SCALES, chip_params=DEFAULT_CHIP_PARAMS, sizes=None,
-                 max_buckets: int = MAX_BUCKETS, multiple: int = 64, image_sizes=None) -> list[tuple[int, int]]:
-    """The bucket set: the scale-bound buckets (coverage) plus greedily chosen multiples of `multiple`
-    that most reduce the pixels run over `sizes` ((N, 2) heights/widths; default rule_sizes(...)),
-    until max_buckets or no gain. Unused greedy picks are dropped. Sorted by area, then height."""
+                 max_buckets: int = MAX_BUCKETS, multiple: int = 64, image_sizes=None,
+                 coarse_scale=None) -> list[tuple[int, int]]:
+    """The bucket set: the scale-bound buckets (coverage; coarse_scale's too where set) plus greedily
+    chosen multiples of `multiple` that most reduce the pixels run over `sizes` ((N, 2) heights/widths;
+    default rule_sizes(...)), until max_buckets or no gain. Unused greedy picks are dropped. Sorted by
+    area, then height."""
     if multiple % SIZE_DIVISOR:
         raise ValueError(f"multiple: expected a multiple of {SIZE_DIVISOR}, got {multiple}")
-    required = scale_bound_buckets(scales)
+    required = scale_bound_buckets([*scales, *([coarse_scale] if coarse_scale is not None else [])])
     if max_buckets < len(required):
         raise ValueError(f"max_buckets: the scales need at least {len(required)} buckets to cover every "
                          f"chip, got {max_buckets}")
-    s = rule_sizes(scales, chip_params, image_sizes) if sizes is None else np.asarray(sizes, np.int64).reshape(-1, 2)
+    s = (rule_sizes(scales, chip_params, image_sizes, coarse_scale=coarse_scale) if sizes is None
+         else np.asarray(sizes, np.int64).reshape(-1, 2))
     # Buckets are multiples of 32, so a size fits exactly when its 32-padded size does.
     uniq, counts = np.unique(ceil_to(s, SIZE_DIVISOR), axis=0, return_counts=True)
     top = max(b for bucket in required for b in bucket)
@@ -240,9 +245,10 @@ def _refine_by_swaps(chosen, n_fixed, uniq, counts, cand, fits, rounds: int = 10
     return chosen
 
 
-def default_buckets(scales=DEFAULT_SCALES, chip_params=DEFAULT_CHIP_PARAMS) -> list[tuple[int, int]]:
-    """The bundle's buckets: make_buckets(scales, chip_params), fitted to the sizes the rules allow."""
-    return make_buckets(scales, chip_params)
+def default_buckets(scales=DEFAULT_SCALES, chip_params=DEFAULT_CHIP_PARAMS, coarse_scale=None) -> list[tuple[int, int]]:
+    """The bundle's buckets: make_buckets(scales, chip_params, coarse_scale=...), fitted to the sizes the
+    rules allow."""
+    return make_buckets(scales, chip_params, coarse_scale=coarse_scale)
 
 
 def max_batch_per_bucket(buckets, max_batch: int, reference_px: int = 512 * 512) -> list[int]:

@@ -85,13 +85,16 @@ def cascade_parameters(config: dict, inference: dict | None = None) -> dict:
         inference = load_config()["inference"]
     for key in CASCADE_KEYS:
         fields[key] = inference[key]
+    if inference.get("coarse_scale") is not None:  # optional: AutoFocus's scale 1 where it is not scales[0]
+        fields["coarse_scale"] = inference["coarse_scale"]
     return fields
 
 
-def parse_buckets(text: str | None, scales, chip_params) -> list[tuple[int, int]]:
-    """--buckets: None/"default" -> the default set for these scales; else "HxW,HxW,..." (multiples of 32)."""
+def parse_buckets(text: str | None, scales, chip_params, coarse_scale=None) -> list[tuple[int, int]]:
+    """--buckets: None/"default" -> the default set for these scales (and AutoFocus's coarse_scale);
+    else "HxW,HxW,..." (multiples of 32)."""
     if text is None or text == "default":
-        return bucket_rules.default_buckets(scales, chip_params)
+        return bucket_rules.default_buckets(scales, chip_params, coarse_scale)
     out = []
     for item in text.split(","):
         try:
@@ -175,8 +178,8 @@ def _build(model, onnx_source, classes, params, source: dict, out, precision, bu
     def step(i, text):
         log(f"[{i}/{steps}] {text} ({time.perf_counter() - start:.1f} s)")
 
-    scales, chip_params = params["scales"], params["chip_params"]
-    bucket_list = parse_buckets(buckets, scales, chip_params) if not isinstance(buckets, (list, tuple)) \
+    scales, chip_params, coarse = params["scales"], params["chip_params"], params.get("coarse_scale")
+    bucket_list = parse_buckets(buckets, scales, chip_params, coarse) if not isinstance(buckets, (list, tuple)) \
         else parse_buckets(",".join(f"{h}x{w}" for h, w in buckets), scales, chip_params)
     batches = bucket_rules.max_batch_per_bucket(bucket_list, max_batch)
 
@@ -230,7 +233,7 @@ def _build(model, onnx_source, classes, params, source: dict, out, precision, bu
         else:
             log(f"      no TensorRT engine built: {reason} (the bundle runs with onnxruntime or torch)")
         step(7, "writing bundle.json")
-        sizes = bucket_rules.rule_sizes(scales, chip_params)
+        sizes = bucket_rules.rule_sizes(scales, chip_params, coarse_scale=coarse)
         build = {**source,
                  "buckets": "explicit" if buckets not in (None, "default") else "default",
                  # Waste over a uniform grid of the chip sizes the rules allow (pessimistic: real chips

@@ -117,6 +117,8 @@ def load_user_config(path) -> dict:
     for key in ("scales", "valid_ranges", "chip_params"):
         if key in user:
             inference[key] = user[key]
+    if "scales" in user:  # the shipped model's AutoFocus coarse scale belongs to its scales, not the user's
+        inference.pop("coarse_scale", None)
     n = len(inference["scales"]) if isinstance(inference["scales"], list) else 0
     if n < 1 or not all(isinstance(s, list) and len(s) == 2 and all(isinstance(v, (int, float)) for v in s)
                         for s in inference["scales"]):

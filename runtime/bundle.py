@@ -110,6 +110,9 @@ class Bundle:
     # network with a focus head per transition (issue 21; channel 1 is the paper's single head, [2, 1] where
     # transition 2 keeps it). Optional: empty (older bundles, user networks) = channel 1 for every transition
     focus_channels: list = field(default_factory=list)
+    # AutoFocus's scale 1 [min_side, max_side] where it differs from scales[0] (runtime/params.py
+    # coarse_scale); optional: None = scales[0], as in the paper and older bundles
+    coarse_scale: list | None = None
     schema_version: int = SCHEMA_VERSION
     folder: Path | None = field(default=None, compare=False)  # where it was loaded from (not in JSON)
 
@@ -125,7 +128,7 @@ class Bundle:
         return d
 
 
-OPTIONAL_KEYS = ("canvases", "focus_channels")
+OPTIONAL_KEYS = ("canvases", "focus_channels", "coarse_scale")
 REQUIRED_KEYS = tuple(f.name for f in dataclasses.fields(Bundle) if f.name not in ("folder", *OPTIONAL_KEYS))
 
 
@@ -297,6 +300,12 @@ def _validate_fields(d: dict, meta: Path) -> None:
             isinstance(c, int) and not isinstance(c, bool) and 1 <= c < n_focus for c in fc)):
         _fail(meta, f"'focus_channels' must hold one channel of 'focus' in [1, {n_focus - 1}] per transition "
                     f"({n - 1}), got {fc!r}")
+    coarse = d.get("coarse_scale")
+    if coarse is not None and not (isinstance(coarse, list) and len(coarse) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in coarse)
+            and coarse[0] <= coarse[1]):
+        _fail(meta, f"'coarse_scale' must be null or [min_side, max_side] with 0 < min_side <= max_side, "
+                    f"got {coarse!r}")
     canvases = d.get("canvases", {})
     if canvases:
         gutter, shapes = canvases.get("gutter") if isinstance(canvases, dict) else None, \

@@ -83,11 +83,14 @@ class Context:
 
 # ------------------------------------------------------------------------------------ regions
 
-def whole_image_regions(ctx: Context, scale_index: int) -> list[Region]:
+def whole_image_regions(ctx: Context, scale_index: int, size=None) -> list[Region]:
+    """Every whole image at scale_index, resized to `size` ([min_side, max_side]) where given, else to
+    that scale's."""
+    size = ctx.params.scales[scale_index] if size is None else size
     regions = []
     for i, image in enumerate(ctx.images):
         h, w = image.shape[:2]
-        f = scale_factor(h, w, ctx.params.scales[scale_index])
+        f = scale_factor(h, w, size)
         regions.append(region(i, (0, 0, w, h), f))
     return regions
 
@@ -366,9 +369,10 @@ def _chips_by_image(regions: list[Region], n_images: int) -> list[np.ndarray]:
 # ------------------------------------------------------------------------------------ modes
 
 def autofocus(ctx: Context) -> list[Detections]:
-    """Scale 1 on every whole image; each finer scale only on the FocusChips of the one before."""
+    """Scale 1 on every whole image (at params.coarse_scale where set); each finer scale only on the
+    FocusChips of the one before."""
     scales = len(ctx.params.scales)
-    regions = whole_image_regions(ctx, 0)
+    regions = whole_image_regions(ctx, 0, ctx.params.coarse_scale)
     kept, ran = [], []
     for s in range(scales):
         ran.append(regions)

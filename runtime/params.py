@@ -4,6 +4,10 @@ Names are the bundle.json keys (docs/design.md: one name everywhere), plus the e
 (scale, padding, merge_chips, align_chips, keep_uncovered, chips_on_host, padded_decode, max_batch,
 packing, canvas_gutter):
     scales          [[min_side, max_side], ...] per scale
+    coarse_scale    mode autofocus: [min_side, max_side] of its scale 1 (the whole image, where the focus
+                    maps come from), None = scales[0]. Sniper and single keep `scales`. A larger coarse
+                    scale sharpens the focus maps, so the finer scales' chips shrink by more than scale 1
+                    grows at the cheap end of the sweep (docs/experiments.md, "A larger coarse scale")
     valid_ranges    [[lo, hi], ...] per scale, sqrt(box area) in original pixels; hi None/inf = no bound
     chip_params     [{threshold, dilation, min_size[, box_score, box_max, merge]}, ...] per transition
                     (len(scales) - 1);
@@ -82,7 +86,7 @@ SOFT_NMS_KEYS = ("method", "sigma", "iou_threshold", "score_threshold", "class_a
 SOFT_NMS_METHODS = ("gaussian", "linear", "hard")
 CHIP_KEYS = ("threshold", "dilation", "min_size")
 CHIP_OPTIONAL_KEYS = ("box_score", "box_max", "merge")
-NAMES = ("scales", "valid_ranges", "chip_params", "decode", "soft_nms", "max_detections", "scale",
+NAMES = ("scales", "coarse_scale", "valid_ranges", "chip_params", "decode", "soft_nms", "max_detections", "scale",
          "padding", "merge_chips", "align_chips", "keep_uncovered", "chips_on_host", "padded_decode", "max_batch",
          "packing", "canvas_gutter", "focus_head")
 FOCUS_HEADS = ("transition", "paper")
@@ -107,11 +111,13 @@ class CascadeParams:
     packing: str = "none"
     canvas_gutter: int | None = None  # None: the bundle's
     focus_channels: tuple = ()        # per transition, the channel of "focus" its chips are cut from
+    coarse_scale: tuple | None = None  # mode autofocus's scale 1 (min_side, max_side); None = scales[0]
 
 
 def bundle_values(bundle) -> dict:
     """The parameters as the bundle sets them (engine-only ones at their defaults)."""
-    return {"scales": bundle.scales, "valid_ranges": bundle.valid_ranges, "chip_params": bundle.chip_params,
+    return {"scales": bundle.scales, "coarse_scale": bundle.coarse_scale, "valid_ranges": bundle.valid_ranges,
+            "chip_params": bundle.chip_params,
             "decode": dict(bundle.decode), "soft_nms": {"class_aware": True, **bundle.soft_nms},
             "max_detections": bundle.max_detections, "scale": 1, "padding": "bucket", "merge_chips": True,
             "align_chips": False, "keep_uncovered": True, "chips_on_host": False, "padded_decode": False,
@@ -162,7 +168,9 @@ def resolve(base: dict, *layers: dict) -> CascadeParams:
                          packing=_choice(values.get("packing", "none"), "packing", PACKINGS),
                          canvas_gutter=(None if values.get("canvas_gutter") is None
                                         else _int(values["canvas_gutter"], "canvas_gutter", 0)),
-                         focus_channels=_focus_channels(values, len(scales) - 1))
+                         focus_channels=_focus_channels(values, len(scales) - 1),
+                         coarse_scale=(None if values.get("coarse_scale") is None
+                                       else _scale(values["coarse_scale"], name="coarse_scale")))
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -225,8 +233,8 @@ def _choice(value, name: str, choices) -> str:
     return value
 
 
-def _scale(value, i: int) -> tuple:
-    name = f"scales[{i}]"
+def _scale(value, i: int = 0, name: str | None = None) -> tuple:
+    name = name or f"scales[{i}]"
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise ValueError(f"{name}: expected [min_side, max_side], got {value!r}")
     lo = _number(value[0], f"{name} min_side", 0, exclusive=True)

@@ -227,7 +227,7 @@ def test_cheapest_within_loss():
 
 def test_grid_parsing():
     base = [dict(p) for p in TEST_CHIP_PARAMS]
-    settings_ = sweep.grid_settings(sweep.parse_grid(sweep.DEFAULT_GRID, 2), base)
+    settings_ = [s["chip_params"] for s in sweep.grid_settings(sweep.parse_grid(sweep.DEFAULT_GRID, 2), base)]
     assert len(settings_) == 4 * 4 * 2
     combos = {(s[0]["threshold"], s[1]["threshold"], s[0]["dilation"], s[1]["dilation"]) for s in settings_}
     assert len(combos) == 32 and all(d1 == d2 for *_, d1, d2 in combos)   # "d" sets both transitions
@@ -240,17 +240,36 @@ def test_grid_parsing():
     assert len(sweep.grid_settings(sweep.parse_grid("d1=1,3;d2=1,3", 2), base)) == 4  # untied: 2 axes
     assert sweep.parse_grid("s2=none,0.5", 2) == {((1,), "box_score"): [None, 0.5]}
     guided = sweep.grid_settings(sweep.parse_grid("s2=none,0.5", 2), base)
-    assert [s[1].get("box_score") for s in guided] == [None, 0.5]
+    assert [s["chip_params"][1].get("box_score") for s in guided] == [None, 0.5]
     assert sweep.label(guided[1]).endswith("k2=4 s2=0.5") and "s2" not in sweep.label(guided[0])
     assert sweep.parse_grid("m1=130,none", 2) == {((0,), "box_max"): [130.0, None]}
     capped = sweep.grid_settings(sweep.parse_grid("m1=130", 2), base)
-    assert capped[0][0]["box_max"] == 130.0 and " m1=130 " in sweep.label(capped[0])
+    assert capped[0]["chip_params"][0]["box_max"] == 130.0 and " m1=130 " in sweep.label(capped[0])
     assert sweep.parse_grid("r2=touching,cheaper", 2) == {((1,), "merge"): ["touching", "cheaper"]}
     rules = sweep.grid_settings(sweep.parse_grid("r2=touching,cheaper", 2), base)
     assert sweep.label(rules[1]).endswith(" r2=cheaper") and "r2" not in sweep.label(rules[0])
-    for bad in ("x1=1", "t3=0.1", "t1=", "d1=a", "t1=0.1;=3", "d=1,3;d2=5", "s2=high", "m1=big", "r1=any"):
+    for bad in ("x1=1", "t3=0.1", "t1=", "d1=a", "t1=0.1;=3", "d=1,3;d2=5", "s2=high", "m1=big", "r1=any",
+                "c=570", "c=608x570", "c=0x512", "c=axb", "c1=570x608", "c=nanxinf", "c=570x608;c=none"):
         with pytest.raises(ValueError, match="grid"):
             sweep.parse_grid(bad, 2)
+
+
+def test_grid_coarse_scale_axis():
+    """c is one axis for the whole cascade, walked first (scale 1 then runs once per value), kept by
+    every setting where the grid says nothing, and shown in the label."""
+    base = [dict(p) for p in TEST_CHIP_PARAMS]
+    assert sweep.parse_grid("c=570x608,none", 2) == {((), "coarse_scale"): [[570.0, 608.0], None]}
+    grid = sweep.parse_grid("t1=0.1,0.2;c=540x576,570x608;t2=0.5", 2)
+    settings_ = sweep.grid_settings(grid, base)
+    assert [s["coarse_scale"] for s in settings_] == [[540.0, 576.0]] * 2 + [[570.0, 608.0]] * 2
+    assert [s["chip_params"][0]["threshold"] for s in settings_] == [0.1, 0.2, 0.1, 0.2]
+    assert all(s["chip_params"][1]["threshold"] == 0.5 for s in settings_)
+    assert sweep.label(settings_[0]).startswith("c=540x576 t1=0.1 ")
+    kept = sweep.grid_settings(sweep.parse_grid("t1=0.1", 2), base, coarse_scale=(540, 576))
+    assert kept[0]["coarse_scale"] == [540.0, 576.0]
+    none = sweep.grid_settings(sweep.parse_grid("c=none", 2), base, coarse_scale=(540, 576))
+    assert none[0]["coarse_scale"] is None and not sweep.label(none[0]).startswith("c=")
+    assert base == [dict(p) for p in TEST_CHIP_PARAMS]  # the bundle's list is not changed
 
 
 # ------------------------------------------------------------------------------------ sweep
@@ -296,16 +315,18 @@ def test_sweep_main_outputs(tiny, tmp_path, capsys):
 
 
 def test_breakdown_settings_open_one_transition_at_a_time():
-    base = [{"threshold": 0.03, "dilation": 1, "min_size": 5}, {"threshold": 0.15, "dilation": 3, "min_size": 6}]
+    chips = [{"threshold": 0.03, "dilation": 1, "min_size": 5}, {"threshold": 0.15, "dilation": 3, "min_size": 6}]
+    base = sweep.setting(chips, (570, 608))
     named = sweep.breakdown_settings(base)
     assert [n for n, _ in named] == ["bundle", "open 1", "open 2", "open all"]
     assert named[0][1] == base and named[0][1] is not base
-    assert [p["threshold"] for p in named[1][1]] == [0.0, 0.15]
-    assert [p["threshold"] for p in named[2][1]] == [0.03, 0.0]
-    assert [p["threshold"] for p in named[3][1]] == [0.0, 0.0]
+    assert [p["threshold"] for p in named[1][1]["chip_params"]] == [0.0, 0.15]
+    assert [p["threshold"] for p in named[2][1]["chip_params"]] == [0.03, 0.0]
+    assert [p["threshold"] for p in named[3][1]["chip_params"]] == [0.0, 0.0]
     assert all(p["dilation"] == b["dilation"] and p["min_size"] == b["min_size"]
-               for _, params in named for p, b in zip(params, base))
-    assert base[0]["threshold"] == 0.03  # the bundle's list is not changed
+               for _, s in named for p, b in zip(s["chip_params"], chips))
+    assert all(s["coarse_scale"] == [570.0, 608.0] for _, s in named)  # opening keeps the coarse scale
+    assert chips[0]["threshold"] == 0.03 and base["chip_params"][0]["threshold"] == 0.03  # nothing changed
 
 
 def test_sweep_breakdown_all_open_is_sniper(tiny, tmp_path, capsys):
@@ -336,15 +357,17 @@ def test_sweep_reuse_gives_the_engines_own_results(tiny):
     bundle, annotations, _ = tiny
     engine = common.open_engine(bundle)
     eval_set = common.load_eval_set(annotations)
-    setting = [{"threshold": 0.01, "dilation": 1, "min_size": 3}, {"threshold": 0.05, "dilation": 3, "min_size": 4}]
-    result = sweep.sweep(engine, eval_set, [setting], progress=False)
-    dets, real = {}, 0
-    for info, image in zip(eval_set.infos, eval_set.images):
-        dets[info["id"]] = engine(image, chip_params=setting)
-        real += common.pixels(engine.last_stats)[0]
-    point = result["points"][0]
-    assert point["pixels"] == real
-    assert {k: point[k] for k in common.METRICS} == common.coco_metrics(eval_set, dets)
+    chips = [{"threshold": 0.01, "dilation": 1, "min_size": 3}, {"threshold": 0.05, "dilation": 3, "min_size": 4}]
+    settings_ = [sweep.setting(chips), sweep.setting(chips, (400, 448))]
+    result = sweep.sweep(engine, eval_set, settings_, progress=False)
+    for point, s in zip(result["points"], settings_):
+        dets, real = {}, 0
+        for info, image in zip(eval_set.infos, eval_set.images):
+            dets[info["id"]] = engine(image, chip_params=chips, coarse_scale=s["coarse_scale"])
+            real += common.pixels(engine.last_stats)[0]
+        assert point["pixels"] == real and point["coarse_scale"] == s["coarse_scale"]
+        assert {k: point[k] for k in common.METRICS} == common.coco_metrics(eval_set, dets)
+    assert result["points"][0]["pixels"] != result["points"][1]["pixels"]  # the coarse scale did change
 
 
 def test_network_tap_caches_and_restores(tiny):

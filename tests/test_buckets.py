@@ -64,6 +64,20 @@ def test_any_image_at_any_scale_fits():
             assign_bucket(round(h * f), round(w * f), buckets)
 
 
+def test_a_coarse_scale_is_covered_too():
+    """AutoFocus's coarse_scale (runtime/params.py) runs whole images at its own size: the buckets hold
+    them as they hold every scale's. Larger than any scale here, so that only its own buckets hold it."""
+    coarse = (1500, 2200)
+    buckets = default_buckets(coarse_scale=coarse)
+    assert 1 <= len(buckets) <= MAX_BUCKETS
+    for h, w in synth_image_sizes() + [(100, 3000), (3000, 100), (1000, 1000)]:
+        f = factor(h, w, *coarse)
+        i = assign_bucket(round(h * f), round(w * f), buckets)
+        assert buckets[i][0] >= round(h * f) and buckets[i][1] >= round(w * f)
+    for h, w in producible_sizes():  # and still every chip of the scales
+        assign_bucket(h, w, buckets)
+
+
 def test_assign_bucket_picks_smallest_area():
     buckets = [(1024, 1024), (512, 512), (256, 960), (512, 768), (256, 1024)]
     assert assign_bucket(200, 300, buckets) == 2      # 256x960 (246k px) < 512x512 (262k px)

@@ -88,6 +88,16 @@ def test_bad_values(bundle_dir):
         load_bundle(bundle_dir)
 
 
+def test_coarse_scale_is_optional_and_checked(bundle_dir):
+    assert load_bundle(bundle_dir).coarse_scale is None  # absent: AutoFocus's scale 1 is scales[0]
+    _edit(bundle_dir, lambda d: d.update(coarse_scale=[570, 608]))
+    assert load_bundle(bundle_dir).coarse_scale == [570, 608]
+    for bad in ([608, 570], [570], [0, 608], "570x608", [570, True]):
+        _edit(bundle_dir, lambda d: d.update(coarse_scale=bad))
+        with pytest.raises(BundleError, match="coarse_scale"):
+            load_bundle(bundle_dir)
+
+
 def test_missing_folder_and_file(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle(tmp_path / "nowhere")

@@ -384,6 +384,32 @@ def test_cascade_chips_are_algorithm_1_on_the_networks_own_maps(bundle, engine, 
     _check_aligned(aligned, want2, bundle.input["size_divisor"] / f2, (h, w))
 
 
+def test_coarse_scale_runs_autofocus_scale_1_at_its_own_size(bundle, engine, session):
+    """coarse_scale: AutoFocus's whole-image input at that size (float64 factor, sides rounded half up)
+    and its scale-2 chips from that input's focus map; sniper keeps the bundle's scale 1."""
+    image = val_images(1)[0][0]
+    h, w = image.shape[:2]
+    coarse = (128.0, 176.0)  # larger than TEST_SCALES[0]
+    f1 = min(coarse[0] / min(h, w), coarse[1] / max(h, w))
+    prob, hw = _focus_map(session, bundle, image, (0, 0, w, h), f1)
+    t1 = float(np.quantile(prob, 0.9))
+    p1 = {"threshold": t1, "dilation": 1, "min_size": 2, "merge": "touching"}
+    closed = {"threshold": 2.0, "dilation": 1, "min_size": 2}  # no scale-3 chips
+    want2 = _snap(chips_to_image_reference(focus_chips_reference(prob, t1, 1, 2), 16, f1, hw, 2), (0, 0, w, h), f1)
+    assert 0 < len(want2)
+    det = engine(image, chip_params=[p1, closed], coarse_scale=list(coarse), align_chips=False)
+    np.testing.assert_allclose(det.chips[1], geometry.merge_overlapping(want2), atol=1e-3)
+    assert engine.last_stats["scales"][0]["pixels"] == math.floor(h * f1 + 0.5) * math.floor(w * f1 + 0.5)
+    plain = engine(image, mode="sniper")
+    sniper = engine(image, mode="sniper", coarse_scale=list(coarse))
+    np.testing.assert_array_equal(sniper.boxes, plain.boxes)
+    f_bundle = scale_factor(h, w, TEST_SCALES[0])
+    assert engine.last_stats["scales"][0]["pixels"] == math.floor(h * f_bundle + 0.5) * math.floor(w * f_bundle + 0.5)
+    for bad, match in (([128], "coarse_scale"), ([176, 128], "coarse_scale"), ("big", "coarse_scale")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            engine(image, coarse_scale=bad)
+
+
 def test_detection_guided_chips_paint_the_coarser_scales_own_boxes(bundle, engine, session):
     """box_score: scale-3 chips from scale 2's focus map with the cells under scale 2's detections (score >=
     box_score, size in scale 3's valid range) set to 1, recomputed here from a separate onnxruntime session

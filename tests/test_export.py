@@ -191,3 +191,18 @@ def test_shipped_model_exports_with_parity(tmp_path):
     export_onnx(shipped, tmp_path / "model.onnx")
     report = check_parity(shipped, tmp_path / "model.onnx", SHAPES)
     assert all(report[k] <= FP32_TOLERANCE for k in OUTPUT_NAMES)
+
+
+def test_an_inference_coarse_scale_reaches_the_bundle_and_its_buckets():
+    """inference "coarse_scale" (optional; runtime/params.py) goes to bundle.json, and the default buckets
+    hold its whole images (here larger than any scale, so only its own buckets can)."""
+    from export.build_engine import cascade_parameters, parse_buckets
+    from model.config import load_config
+    config = load_config()
+    inference = dict(config["inference"], coarse_scale=None)
+    assert "coarse_scale" not in cascade_parameters(config, inference)
+    inference["coarse_scale"] = [1500, 2200]
+    fields = cascade_parameters(config, inference)
+    assert fields["coarse_scale"] == [1500, 2200]
+    buckets = parse_buckets(None, fields["scales"], fields["chip_params"], fields["coarse_scale"])
+    assert any(h >= 1500 and w >= 2200 for h, w in buckets) and any(h >= 2200 and w >= 1500 for h, w in buckets)
