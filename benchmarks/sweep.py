@@ -442,8 +442,13 @@ def main(argv=None) -> int:
         print(f"\nBreakdown of the bundle's setting ({label(base)}): each transition opened alone (threshold 0)")
         print(format_breakdown(rows))
         all_open, sniper_ap = rows[-1], result["sniper"]["AP"]
-        verdict = ("they agree, as they must (the cascade then runs sniper's inputs)" if all_open["AP"] == sniper_ap
-                   else "they DIFFER: the cascade with every transition open should run sniper's inputs; please report it")
+        if base["coarse_scale"] is not None:  # scale 1 is not sniper's: the gap is the coarse scale's own
+            verdict = ("AutoFocus's coarse scale is not sniper's scale 1, so they need not agree: the difference is "
+                       "what the coarse scale itself gains or costs")
+        elif all_open["AP"] == sniper_ap:
+            verdict = "they agree, as they must (the cascade then runs sniper's inputs)"
+        else:
+            verdict = "they DIFFER: the cascade with every transition open should run sniper's inputs; please report it"
         print(f"all open: AP {all_open['AP']:.2f}, pixels {all_open['pixels_ratio']:.3f} x sniper's; sniper: AP "
               f"{sniper_ap:.2f}: {verdict}")
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 
 import cv2
@@ -350,6 +351,17 @@ def test_sweep_breakdown_all_open_is_sniper(tiny, tmp_path, capsys):
         assert r["AP_recovered"] == pytest.approx(p["AP"] - base["AP"])
         assert r["pixels_added"] == pytest.approx(p["pixels_ratio"] - base["pixels_ratio"])
         assert p["pixels_ratio"] >= base["pixels_ratio"] - 1e-12  # opening never runs fewer pixels
+    # A bundle whose AutoFocus scale 1 has its own size: all open is not sniper, and the check says why.
+    coarse = tmp_path / "coarse"
+    shutil.copytree(bundle, coarse)
+    meta = json.loads((coarse / "bundle.json").read_text())
+    (coarse / "bundle.json").write_text(json.dumps({**meta, "coarse_scale": [128, 176]}))
+    assert sweep.main(["--bundle", str(coarse), "--annotations", annotations, "--grid", "", "--breakdown",
+                       "--png", "", "--json", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "need not agree" in text and "c=128x176" in text and "DIFFER" not in text
+    rows = {r["name"]: r for r in json.loads(out.read_text())["breakdown"]}
+    assert rows["open all"]["pixels_ratio"] > 1.0  # scale 1 at 128x176 runs more than sniper's 96x128
 
 
 def test_sweep_reuse_gives_the_engines_own_results(tiny):
