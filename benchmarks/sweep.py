@@ -21,8 +21,8 @@ points are sniper (ratio 1) and each single scale.
 Cost: the network is deterministic, so its outputs are reused wherever the same input comes back
 (common.network_tap's cache, keyed on the batch's bytes, per image): scale 1 runs once per image for
 the whole grid (and is shared with sniper and single1; once per coarse scale where c is an axis), scale 2
-once per distinct transition-1 setting (the grid is walked with c, then transition 1 outermost), and sniper's whole-image scales 2 and 3 are
-shared with single2 and single3. Only the chips' post-processing and pycocotools run per point.
+once per distinct transition-1 setting (the grid is walked with c, then transition 1 outermost), and
+sniper's whole-image scales 2 and 3 are shared with single2 and single3. Only the chips' post-processing and pycocotools run per point.
 Images run one per engine call (batch 1), so the cache keys are per image.
 
 --breakdown: where the bundle's setting loses AP against the pyramid. Each transition is opened in turn
@@ -250,11 +250,12 @@ def check_settings(engine, settings: list) -> None:
 
 def label(s: dict) -> str:
     coarse = s.get("coarse_scale")
-    return (f"c={coarse[0]:g}x{coarse[1]:g} " if coarse is not None else "") + " ".join(f"t{i + 1}={p['threshold']:g} d{i + 1}={p['dilation']} k{i + 1}={p['min_size']}"
-                    + (f" s{i + 1}={p['box_score']:g}" if p.get("box_score") is not None else "")
-                    + (f" m{i + 1}={p['box_max']:g}" if p.get("box_max") is not None else "")
-                    + (f" r{i + 1}={p['merge']}" if p.get("merge", DEFAULT_MERGE) != DEFAULT_MERGE else "")
-                    for i, p in enumerate(s["chip_params"]))
+    chips = " ".join(f"t{i + 1}={p['threshold']:g} d{i + 1}={p['dilation']} k{i + 1}={p['min_size']}"
+                     + (f" s{i + 1}={p['box_score']:g}" if p.get("box_score") is not None else "")
+                     + (f" m{i + 1}={p['box_max']:g}" if p.get("box_max") is not None else "")
+                     + (f" r{i + 1}={p['merge']}" if p.get("merge", DEFAULT_MERGE) != DEFAULT_MERGE else "")
+                     for i, p in enumerate(s["chip_params"]))
+    return (f"c={coarse[0]:g}x{coarse[1]:g} " if coarse is not None else "") + chips
 
 
 # ------------------------------------------------------------------------------------ the sweep

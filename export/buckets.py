@@ -245,7 +245,8 @@ def _refine_by_swaps(chosen, n_fixed, uniq, counts, cand, fits, rounds: int = 10
     return chosen
 
 
-def default_buckets(scales=DEFAULT_SCALES, chip_params=DEFAULT_CHIP_PARAMS, coarse_scale=None) -> list[tuple[int, int]]:
+def default_buckets(scales=DEFAULT_SCALES, chip_params=DEFAULT_CHIP_PARAMS,
+                    coarse_scale=None) -> list[tuple[int, int]]:
     """The bundle's buckets: make_buckets(scales, chip_params, coarse_scale=...), fitted to the sizes the
     rules allow."""
     return make_buckets(scales, chip_params, coarse_scale=coarse_scale)
